@@ -1,0 +1,32 @@
+//! Ferry's protocol-agnostic broker core.
+//!
+//! The core owns the nouns every protocol shares: *topics* (named sets of partitions),
+//! *partitions* (an offset-addressed [`ferry_storage::PartitionLog`] plus producer state
+//! and a high watermark), *producers* (idempotence), *groups* (members, generations,
+//! assignments) and *committed offsets*. Protocol adapters translate their frames into
+//! calls on [`Broker`] and map [`CoreError`] to their own error codes; no adapter holds a
+//! business rule.
+//!
+//! All durable state (topic metadata, committed offsets, producer ids) is kept as records
+//! in internal logs on the same storage engine, replayed at startup.
+
+mod broker;
+mod config;
+mod error;
+pub mod group;
+mod internal;
+mod partition;
+mod producer;
+mod topic;
+
+pub use broker::{
+    Acks, Broker, BrokerConfig, FetchPartition, FetchedPartition, OffsetSpec, PartitionOffsets,
+    ProduceResult,
+};
+pub use config::{ConfigEntry, ConfigOp, ConfigSource, TopicConfig};
+pub use error::CoreError;
+pub use group::{GroupCoordinator, GroupSettings};
+pub use topic::TopicInfo;
+
+/// Result type of this crate.
+pub type Result<T, E = CoreError> = std::result::Result<T, E>;

@@ -1,0 +1,1 @@
+//! Idempotent producers: producer ids and epochs, per-partition sequence tracking.

@@ -1,0 +1,1 @@
+//! Mapping of core errors to Kafka error codes.

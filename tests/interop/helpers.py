@@ -35,7 +35,11 @@ def wait_until(what: str, predicate: Callable[[], T], timeout_s: float = ADMIN_T
 
 
 def admin(bootstrap: str) -> AdminClient:
-    """A confluent-kafka AdminClient."""
+    """A confluent-kafka AdminClient.
+
+    Keep it referenced until its futures resolve: a dropped client destroys its handle and
+    fails them with _DESTROY.
+    """
     return AdminClient({"bootstrap.servers": bootstrap})
 
 
@@ -55,7 +59,8 @@ def create_topic(bootstrap: str, name: str, partitions: int = 1, config: dict[st
 def topic_config(bootstrap: str, topic: str) -> dict[str, str]:
     """A topic's configs as DescribeConfigs reports them."""
     res = ConfigResource(ResourceType.TOPIC, topic)
-    [fut] = admin(bootstrap).describe_configs([res], request_timeout=ADMIN_TIMEOUT_S).values()
+    client = admin(bootstrap)
+    [fut] = client.describe_configs([res], request_timeout=ADMIN_TIMEOUT_S).values()
     return {name: entry.value for name, entry in fut.result(timeout=ADMIN_TIMEOUT_S).items()}
 
 

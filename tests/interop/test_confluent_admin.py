@@ -37,7 +37,8 @@ ERR_INVALID_CONFIG = 40
 
 def create_error(bootstrap, new_topic) -> int:
     """Create a topic that must be refused; return the broker's error code."""
-    fut = admin(bootstrap).create_topics([new_topic], request_timeout=ADMIN_TIMEOUT_S)[new_topic.topic]
+    client = admin(bootstrap)
+    fut = client.create_topics([new_topic], request_timeout=ADMIN_TIMEOUT_S)[new_topic.topic]
     with pytest.raises(KafkaException) as info:
         fut.result(timeout=ADMIN_TIMEOUT_S)
     return kafka_error_code(info.value)
@@ -65,7 +66,8 @@ def test_create_existing_topic_fails(bootstrap):
 def test_delete_topic(bootstrap):
     topic = create_topic(bootstrap, unique("del"), partitions=2)
     produce_all(producer(bootstrap), topic, [b"doomed"], partition=0)
-    futs = admin(bootstrap).delete_topics([topic], request_timeout=ADMIN_TIMEOUT_S)
+    client = admin(bootstrap)
+    futs = client.delete_topics([topic], request_timeout=ADMIN_TIMEOUT_S)
     futs[topic].result(timeout=ADMIN_TIMEOUT_S)
     wait_until("topic gone from metadata",
                lambda: topic not in admin(bootstrap).list_topics(timeout=10).topics)
@@ -76,14 +78,16 @@ def test_delete_topic(bootstrap):
 
 def test_create_partitions(bootstrap):
     topic = create_topic(bootstrap, unique("grow"), partitions=2)
-    futs = admin(bootstrap).create_partitions([NewPartitions(topic, 5)], request_timeout=ADMIN_TIMEOUT_S)
+    client = admin(bootstrap)
+    futs = client.create_partitions([NewPartitions(topic, 5)], request_timeout=ADMIN_TIMEOUT_S)
     futs[topic].result(timeout=ADMIN_TIMEOUT_S)
     wait_for_partitions(bootstrap, topic, 5)
     produce_all(producer(bootstrap), topic, [b"in-new-partition"], partition=4)
     assert watermarks(bootstrap, topic, 4) == (0, 1)
 
     # Shrinking is refused.
-    futs = admin(bootstrap).create_partitions([NewPartitions(topic, 3)], request_timeout=ADMIN_TIMEOUT_S)
+    client = admin(bootstrap)
+    futs = client.create_partitions([NewPartitions(topic, 3)], request_timeout=ADMIN_TIMEOUT_S)
     with pytest.raises(KafkaException) as info:
         futs[topic].result(timeout=ADMIN_TIMEOUT_S)
     assert kafka_error_code(info.value) == ERR_INVALID_PARTITIONS
@@ -95,7 +99,8 @@ def test_alter_configs_incremental_and_legacy(bootstrap):
         ConfigEntry("retention.ms", "200000", incremental_operation=AlterConfigOpType.SET),
         ConfigEntry("flush.mode", "sync", incremental_operation=AlterConfigOpType.SET),
     ])
-    for fut in admin(bootstrap).incremental_alter_configs([res]).values():
+    client = admin(bootstrap)
+    for fut in client.incremental_alter_configs([res]).values():
         fut.result(timeout=ADMIN_TIMEOUT_S)
     cfg = topic_config(bootstrap, topic)
     assert cfg["retention.ms"] == "200000"
@@ -103,14 +108,16 @@ def test_alter_configs_incremental_and_legacy(bootstrap):
 
     # Legacy AlterConfigs replaces the whole set of dynamic configs.
     legacy = ConfigResource(ResourceType.TOPIC, topic, set_config={"retention.ms": "300000"})
-    for fut in admin(bootstrap).alter_configs([legacy]).values():
+    client = admin(bootstrap)
+    for fut in client.alter_configs([legacy]).values():
         fut.result(timeout=ADMIN_TIMEOUT_S)
     assert topic_config(bootstrap, topic)["retention.ms"] == "300000"
 
     # A value of the wrong type is refused and leaves the config unchanged.
     bad = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[
         ConfigEntry("retention.ms", "not-a-number", incremental_operation=AlterConfigOpType.SET)])
-    [fut] = admin(bootstrap).incremental_alter_configs([bad]).values()
+    client = admin(bootstrap)
+    [fut] = client.incremental_alter_configs([bad]).values()
     with pytest.raises(KafkaException) as info:
         fut.result(timeout=ADMIN_TIMEOUT_S)
     assert kafka_error_code(info.value) == ERR_INVALID_CONFIG
@@ -152,7 +159,8 @@ def test_groups_list_describe_and_offsets(bootstrap):
 def test_delete_records(bootstrap):
     topic = create_topic(bootstrap, unique("trunc"))
     produce_all(producer(bootstrap, acks="all"), topic, [f"r{i}".encode() for i in range(20)], partition=0)
-    [fut] = admin(bootstrap).delete_records([TopicPartition(topic, 0, 12)],
+    client = admin(bootstrap)
+    [fut] = client.delete_records([TopicPartition(topic, 0, 12)],
                                             request_timeout=ADMIN_TIMEOUT_S).values()
     result = fut.result(timeout=ADMIN_TIMEOUT_S)
     assert result.low_watermark == 12

@@ -86,6 +86,7 @@ def test_group_mode_consume_and_commit(bootstrap):
     assert sorted(out.splitlines()) == sorted(lines)
 
     # kcat committed its position on close: the group's offsets cover every message.
-    fut = admin(bootstrap).list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
+    client = admin(bootstrap)
+    fut = client.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
     offsets = {tp.partition: tp.offset for tp in fut.result(timeout=ADMIN_TIMEOUT_S).topic_partitions}
     assert sum(offsets.values()) == len(lines), offsets

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -75,6 +76,8 @@ class FerryBroker:
             "--kafka-listen",
             self.bootstrap,
             *self.extra_args,
+            # Lets CI add flags every broker needs (e.g. to turn off future listeners).
+            *shlex.split(os.environ.get("FERRY_EXTRA_ARGS", "")),
         ]
 
     def start(self) -> "FerryBroker":

@@ -12,7 +12,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_storage::batch::{split_batches, BatchHeader};
+use ferry_storage::batch::{set_log_append_time, split_batches, BatchHeader};
 use ferry_storage::{FlushPolicy, LogId, Store, StoreConfig};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{watch, Notify};
@@ -25,8 +25,8 @@ use crate::metadata::{
     METADATA_LOG, PRODUCERS_LOG,
 };
 use crate::partition::{
-    map_append_error, map_storage, stamp_log_append_time, AppendOutcome, Partition, PartitionKey,
-    PartitionSnapshot, LEADER_EPOCH,
+    map_append_error, map_storage, AppendOutcome, Partition, PartitionKey, PartitionSnapshot,
+    LEADER_EPOCH,
 };
 use crate::producer::{
     last_sequence, IdempotentBatch, ProducerIdAllocator, PRODUCER_STATE_EXPIRY_MS,
@@ -726,7 +726,7 @@ impl Broker {
             let mut position = 0;
             for (header, _) in &batches {
                 let end = position + header.total_bytes();
-                stamp_log_append_time(&mut buf[position..end], now).map_err(map_append_error)?;
+                set_log_append_time(&mut buf[position..end], now).map_err(map_append_error)?;
                 position = end;
             }
             Bytes::from(buf)

@@ -181,36 +181,6 @@ impl Partition {
     }
 }
 
-/// Byte range of the `attributes` field in a batch header.
-const ATTRIBUTES_AT: std::ops::Range<usize> = 21..23;
-/// Byte range of the `maxTimestamp` field.
-const MAX_TIMESTAMP_AT: std::ops::Range<usize> = 35..43;
-/// Byte range of the `crc` field; the CRC covers everything from `attributes` on.
-const CRC_AT: std::ops::Range<usize> = 17..21;
-/// Attribute bit: timestamps are log-append times.
-const LOG_APPEND_TIME_FLAG: i16 = 0x8;
-
-/// Marks one whole batch as log-append time `now_ms` (attribute bit and max timestamp,
-/// as Kafka does) and recomputes its CRC.
-pub(crate) fn stamp_log_append_time(
-    batch: &mut [u8],
-    now_ms: i64,
-) -> std::result::Result<(), StorageError> {
-    if batch.len() < ferry_storage::batch::BATCH_HEADER_BYTES {
-        return Err(StorageError::CorruptBatch(format!(
-            "batch of {} bytes is shorter than its header",
-            batch.len()
-        )));
-    }
-    let attributes =
-        i16::from_be_bytes([batch[ATTRIBUTES_AT.start], batch[ATTRIBUTES_AT.start + 1]]);
-    batch[ATTRIBUTES_AT].copy_from_slice(&(attributes | LOG_APPEND_TIME_FLAG).to_be_bytes());
-    batch[MAX_TIMESTAMP_AT].copy_from_slice(&now_ms.to_be_bytes());
-    let crc = crc32c::crc32c(&batch[ATTRIBUTES_AT.start..]);
-    batch[CRC_AT].copy_from_slice(&crc.to_be_bytes());
-    Ok(())
-}
-
 /// Replays idempotent batch headers from `from` to the high watermark into `producers`.
 fn scan_producer_batches(
     log: &PartitionLog,

@@ -241,3 +241,95 @@ pub(crate) fn map_storage(e: StorageError, context: &str) -> CoreError {
         other => CoreError::Storage(other),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ferry_storage::batch::BatchBuilder;
+    use ferry_storage::{LogConfig, LogId, Store, StoreConfig};
+
+    use super::*;
+    use crate::producer::last_sequence;
+
+    fn idempotent(producer_id: i64, sequence: i32, records: usize) -> (Bytes, IdempotentBatch) {
+        let mut builder = BatchBuilder::new(1).with_producer(producer_id, 0, sequence);
+        for _ in 0..records {
+            builder.push(None, Some(Bytes::from_static(b"v")), Vec::new(), 1);
+        }
+        let batch = IdempotentBatch {
+            producer_id,
+            epoch: 0,
+            first_seq: sequence,
+            last_seq: last_sequence(sequence, records as i32 - 1),
+        };
+        (builder.build(), batch)
+    }
+
+    #[test]
+    fn producer_state_is_rebuilt_from_the_log_and_trimmed_to_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(StoreConfig::new(dir.path())).expect("store");
+        let log = store
+            .open_log(
+                &LogId {
+                    topic: "t".into(),
+                    partition: 0,
+                },
+                LogConfig::default(),
+            )
+            .expect("log");
+        let topic_id = uuid::Uuid::new_v4();
+        let partition = Partition::open("t", 0, log.clone(), None, 0).expect("open");
+        let (first, first_meta) = idempotent(4, 0, 2);
+        let (second, second_meta) = idempotent(4, 2, 1);
+        assert!(matches!(
+            partition.append(first.clone(), Some(first_meta), 0),
+            Ok(AppendOutcome::Appended(_))
+        ));
+        let early = partition.snapshot(topic_id);
+        assert!(matches!(
+            partition.append(second.clone(), Some(second_meta), 0),
+            Ok(AppendOutcome::Appended(_))
+        ));
+
+        // No snapshot: everything comes from scanning batch headers.
+        let scanned = Partition::open("t", 0, log.clone(), None, 0).expect("reopen");
+        assert!(matches!(
+            scanned.append(first.clone(), Some(first_meta), 0),
+            Ok(AppendOutcome::Duplicate { base_offset: 0 })
+        ));
+        assert!(matches!(
+            scanned.append(second.clone(), Some(second_meta), 0),
+            Ok(AppendOutcome::Duplicate { base_offset: 2 })
+        ));
+
+        // An older snapshot plus the scan of what followed it.
+        let resumed = Partition::open("t", 0, log.clone(), Some(early), 0).expect("reopen");
+        assert!(matches!(
+            resumed.append(second, Some(second_meta), 0),
+            Ok(AppendOutcome::Duplicate { base_offset: 2 })
+        ));
+
+        // A snapshot ahead of the log (its tail was lost): batches past the end are forgotten.
+        let ahead = PartitionSnapshot {
+            offset: 1_000,
+            ..partition.snapshot(topic_id)
+        };
+        let mut lost = ahead.clone();
+        for producer in &mut lost.producers {
+            for batch in &mut producer.entry.batches {
+                batch.first_offset += 100;
+                batch.last_offset += 100;
+            }
+        }
+        let trimmed = Partition::open("t", 0, log, Some(lost), 0).expect("reopen");
+        let (third, third_meta) = idempotent(4, 9, 1);
+        assert!(
+            matches!(
+                trimmed.append(third, Some(third_meta), 0),
+                Ok(AppendOutcome::Appended(_))
+            ),
+            "state for batches beyond the log is gone, so the producer is unknown again"
+        );
+        store.shutdown().expect("shutdown");
+    }
+}

@@ -262,6 +262,20 @@ impl Broker {
     pub fn open(config: BrokerConfig) -> Result<Arc<Broker>> {
         let store = Store::open(StoreConfig::new(&config.data_dir))
             .map_err(|e| map_storage(e, "open store"))?;
+        match Broker::open_on(store.clone(), config) {
+            Ok(broker) => Ok(broker),
+            Err(e) => {
+                // Stop the store's threads; the open error is the one worth reporting.
+                if let Err(shutdown) = store.shutdown() {
+                    warn!(error = %shutdown, "store shutdown after a failed open");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Replays the internal logs of an opened store and starts the broker on it.
+    fn open_on(store: Arc<Store>, config: BrokerConfig) -> Result<Arc<Broker>> {
         let now = now_ms();
 
         let (metadata, records) = InternalLog::open(&store, METADATA_LOG, FlushPolicy::Sync)?;

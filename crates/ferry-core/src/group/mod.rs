@@ -36,10 +36,13 @@ use state::{GroupEvent, GroupTable, Now};
 /// Coordinator settings.
 #[derive(Clone, Debug)]
 pub struct GroupSettings {
+    /// Smallest session timeout a member may ask for (else `InvalidSessionTimeout`).
     pub min_session_timeout_ms: i32,
+    /// Largest session timeout a member may ask for.
     pub max_session_timeout_ms: i32,
     /// Delay of the first rebalance of an empty group, to let members arrive together.
     pub initial_rebalance_delay_ms: u64,
+    /// Members per group (else `GroupMaxSizeReached`).
     pub max_group_size: usize,
     /// Committed offsets of empty groups older than this are expired.
     pub offsets_retention_ms: i64,

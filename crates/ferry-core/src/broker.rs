@@ -448,6 +448,14 @@ impl Broker {
         &self.groups
     }
 
+    /// Installs the decompressor the storage engine uses for exact timestamp lookups
+    /// inside compressed batches. The core knows no codecs; the protocol layer that
+    /// links them (the Kafka adapter) installs one at startup. Without it, a lookup
+    /// that lands in a compressed batch answers with the batch's first offset.
+    pub fn set_decompressor(&self, decompressor: ferry_storage::Decompressor) {
+        self.store.set_decompressor(decompressor);
+    }
+
     // ---- topics ----
 
     /// A topic by name.

@@ -16,13 +16,19 @@
 
 pub mod batch;
 mod error;
+mod fsutil;
 pub mod journal;
 mod log;
+mod segment;
 mod store;
+#[cfg(test)]
+mod tests;
 
 pub use error::StorageError;
-pub use log::{AppendResult, Durability, FlushPolicy, LogConfig, PartitionLog, ReadResult};
-pub use store::{LogId, Store, StoreConfig};
+pub use log::{
+    AppendResult, Durability, FlushPolicy, LogConfig, PartitionLog, ReadResult, READ_BYTES_MAX,
+};
+pub use store::{Decompressor, LogId, Store, StoreConfig};
 
 /// Result type of this crate.
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;

@@ -326,6 +326,12 @@ impl Broker {
                 }),
             );
         }
+        // Persist the state just rebuilt: a snapshot that was ahead of a log cut short by
+        // the crash must not survive into the next start (those offsets get new batches),
+        // and the next start should not have to scan again.
+        let opened: Vec<Arc<Topic>> = topics.values().cloned().collect();
+        write_producer_snapshot(&producer_snapshots, &opened)?;
+        drop(opened);
         if metadata_was_empty {
             let strays = store
                 .log_ids()
@@ -360,7 +366,7 @@ impl Broker {
             stop,
             tasks: Mutex::new(Vec::new()),
             appends: AtomicU64::new(0),
-            snapshot_lock: tokio::sync::Mutex::new(None),
+            snapshot_lock: tokio::sync::Mutex::new(Some(0)),
             shutdown_done: tokio::sync::Mutex::new(false),
             this: this.clone(),
             config,

@@ -884,3 +884,51 @@ async fn retention_deletes_old_segments_in_the_background() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn producer_state_is_rebuilt_after_a_crash() {
+    bounded(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (pid, first) = {
+            let broker = open(dir.path());
+            broker
+                .create_topic("crash", Some(1), configs(&[("flush.mode", "sync")]), false)
+                .expect("create");
+            let (pid, _) = broker.init_producer_id(None, None).expect("id");
+            let first = idempotent_batch(pid, 0, 0, &["a", "b"]);
+            broker
+                .produce("crash", 0, first.clone(), Acks::All)
+                .await
+                .expect("produce");
+            broker
+                .produce("crash", 0, idempotent_batch(pid, 0, 2, &["c"]), Acks::All)
+                .await
+                .expect("produce");
+            // No shutdown: no final snapshot; the next open must scan the log.
+            drop(broker);
+            (pid, first)
+        };
+        let broker = open(dir.path());
+        let retried = broker
+            .produce("crash", 0, first, Acks::All)
+            .await
+            .expect("retry after crash");
+        assert_eq!(retried.base_offset, 0);
+        let gap = broker
+            .produce("crash", 0, idempotent_batch(pid, 0, 4, &["x"]), Acks::All)
+            .await;
+        assert!(
+            matches!(gap, Err(CoreError::OutOfOrderSequence(_))),
+            "{gap:?}"
+        );
+        let next = broker
+            .produce("crash", 0, idempotent_batch(pid, 0, 3, &["d"]), Acks::All)
+            .await
+            .expect("next");
+        assert_eq!(next.base_offset, 3);
+        let (new_pid, _) = broker.init_producer_id(None, None).expect("id");
+        assert!(new_pid > pid, "a crash does not make ids reusable");
+        broker.shutdown().await.expect("shutdown");
+    })
+    .await;
+}

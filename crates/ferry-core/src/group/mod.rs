@@ -30,7 +30,7 @@ use crate::internal::InternalLog;
 use crate::{CoreError, Result};
 use offsets::{OffsetEntry, OffsetTable};
 use records::{group_record, offset_record, OffsetValue, OFFSETS_LOG_NAME};
-use sink::{append_chunked, RecordSink};
+use sink::{append_chunked, record_bytes, Appended, RecordSink};
 use state::{GroupEvent, GroupTable, Now};
 
 /// Coordinator settings.
@@ -190,6 +190,13 @@ const CLEANUP_INTERVAL_MS: u64 = 10 * 60 * 1000;
 const CLEANUP_GROUPS_PER_STEP_MAX: usize = 512;
 /// Longest sleep of the background task when nothing is due.
 const IDLE_WAKE_MS: u64 = 60 * 1000;
+/// The offsets log is rewritten as a snapshot of the live state (and everything before
+/// it dropped) once it holds this many bytes more than the last snapshot...
+const SNAPSHOT_MIN_BYTES: u64 = 64 << 20;
+/// ...and at least this many times the size of the live state. Only whole segments
+/// (64 MiB for internal logs) can be dropped, hence the minimum; the factor keeps the
+/// cost of snapshots proportional to the commits that made them necessary.
+const SNAPSHOT_GROWTH_FACTOR: u64 = 4;
 /// Largest metadata string of a committed offset (Kafka's `offset.metadata.max.bytes`).
 pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;
 /// Committed offsets one group may hold (memory bound against commits to made-up topics).
@@ -212,6 +219,8 @@ struct Inner {
     wake: Notify,
     /// Origin of the monotonic clock (tokio's, so tests can pause time).
     epoch: tokio::time::Instant,
+    /// [`SNAPSHOT_MIN_BYTES`], smaller in tests.
+    snapshot_min_bytes: u64,
 }
 
 struct Shared {
@@ -219,6 +228,34 @@ struct Shared {
     offsets: OffsetTable,
     closed: bool,
     cleanup: Cleanup,
+    /// Bytes in the offsets log since (and including) the last snapshot.
+    log_bytes: u64,
+    /// Bytes of the live state when it was last measured (replay or snapshot).
+    live_bytes: u64,
+}
+
+impl Shared {
+    /// Every live record: group metadata and committed offsets.
+    fn snapshot_records(&self) -> Vec<sink::Record> {
+        let groups = self
+            .table
+            .metadata_snapshot()
+            .into_iter()
+            .map(|(group_id, value)| group_record(&group_id, Some(&value)));
+        let offsets = self
+            .offsets
+            .iter()
+            .map(|(group_id, topic, partition, entry)| {
+                let value = OffsetValue {
+                    offset: entry.offset,
+                    leader_epoch: entry.leader_epoch,
+                    metadata: entry.metadata.clone(),
+                    commit_timestamp_ms: entry.commit_timestamp_ms,
+                };
+                offset_record(group_id, topic, partition, Some(&value))
+            });
+        groups.chain(offsets).collect()
+    }
 }
 
 /// Progress of the periodic offset-expiry pass.
@@ -244,6 +281,16 @@ impl GroupCoordinator {
         records: impl IntoIterator<Item = sink::Record>,
         settings: GroupSettings,
     ) -> Result<GroupCoordinator> {
+        GroupCoordinator::with_sink_and_snapshot_size(sink, records, settings, SNAPSHOT_MIN_BYTES)
+    }
+
+    /// [`GroupCoordinator::with_sink`] with another minimum log growth between snapshots.
+    fn with_sink_and_snapshot_size(
+        sink: Box<dyn RecordSink>,
+        records: impl IntoIterator<Item = sink::Record>,
+        settings: GroupSettings,
+        snapshot_min_bytes: u64,
+    ) -> Result<GroupCoordinator> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| CoreError::CoordinatorNotAvailable)?;
         let epoch = tokio::time::Instant::now();
@@ -251,7 +298,10 @@ impl GroupCoordinator {
             mono_ms: 0,
             wall_ms: crate::internal::now_ms(),
         };
-        let replayed = records::replay(records);
+        let mut log_bytes = 0;
+        let replayed = records::replay(records.into_iter().inspect(|record| {
+            log_bytes += record_bytes(record);
+        }));
         let mut table = GroupTable::new(settings.clone());
         for (group_id, value) in &replayed.groups {
             table.restore(group_id, Some(value), now);
@@ -261,21 +311,30 @@ impl GroupCoordinator {
                 table.restore(group_id, None, now);
             }
         }
-        tracing::info!(groups = table.len(), "{OFFSETS_LOG_NAME} replayed");
+        tracing::info!(
+            groups = table.len(),
+            log_bytes,
+            "{OFFSETS_LOG_NAME} replayed"
+        );
+        let mut shared = Shared {
+            table,
+            offsets: replayed.offsets,
+            closed: false,
+            cleanup: Cleanup {
+                next_pass_ms: CLEANUP_INTERVAL_MS,
+                cursor: None,
+            },
+            log_bytes,
+            live_bytes: 0,
+        };
+        shared.live_bytes = shared.snapshot_records().iter().map(record_bytes).sum();
         let inner = Arc::new(Inner {
             settings,
-            shared: Mutex::new(Shared {
-                table,
-                offsets: replayed.offsets,
-                closed: false,
-                cleanup: Cleanup {
-                    next_pass_ms: CLEANUP_INTERVAL_MS,
-                    cursor: None,
-                },
-            }),
+            shared: Mutex::new(shared),
             sink,
             wake: Notify::new(),
             epoch,
+            snapshot_min_bytes,
         });
         let (stop, stop_rx) = watch::channel(false);
         let task = runtime.spawn(run_background(inner.clone(), stop_rx));
@@ -436,7 +495,7 @@ impl GroupCoordinator {
                 .map(|(o, value)| offset_record(group_id, &o.topic, o.partition, Some(value)))
                 .collect();
             // Log first, memory second: what a fetch sees is always in the log.
-            let appended = append_chunked(&*self.inner.sink, records, now.wall_ms)?;
+            let appended = self.inner.append(&mut shared, records, now)?;
             for (offset, value) in values {
                 shared.offsets.insert(
                     group_id,
@@ -451,6 +510,9 @@ impl GroupCoordinator {
                 );
             }
             self.inner.persist_events(&mut shared, now);
+            if self.inner.needs_snapshot(&shared) {
+                self.inner.wake.notify_one();
+            }
             (results, appended)
         };
         for batch in appended {
@@ -492,7 +554,7 @@ impl GroupCoordinator {
                 .map(|o| offset_record(group_id, &o.topic, o.partition, None))
                 .collect();
             records.push(group_record(group_id, None));
-            let appended = append_chunked(&*self.inner.sink, records, now.wall_ms)?;
+            let appended = self.inner.append(&mut shared, records, now)?;
             shared.offsets.remove_group(group_id);
             shared.table.remove_group(group_id);
             tracing::info!(group = group_id, "group deleted");
@@ -517,7 +579,7 @@ impl GroupCoordinator {
                 .iter()
                 .map(|(group, partition)| offset_record(group, topic, *partition, None))
                 .collect();
-            let appended = append_chunked(&*self.inner.sink, records, now.wall_ms)?;
+            let appended = self.inner.append(&mut shared, records, now)?;
             for (group, partition) in &keys {
                 shared.offsets.remove(group, topic, *partition);
             }
@@ -551,6 +613,61 @@ impl Inner {
         Ok(shared)
     }
 
+    /// Appends records to the offsets log (callers hold the lock, so the log order is the
+    /// order of the changes).
+    fn append(
+        &self,
+        shared: &mut Shared,
+        records: Vec<sink::Record>,
+        now: Now,
+    ) -> Result<Vec<Appended>> {
+        let bytes: u64 = records.iter().map(record_bytes).sum();
+        let appended = append_chunked(&*self.sink, records, now.wall_ms)?;
+        shared.log_bytes = shared.log_bytes.saturating_add(bytes);
+        Ok(appended)
+    }
+
+    fn needs_snapshot(&self, shared: &Shared) -> bool {
+        let threshold = self
+            .snapshot_min_bytes
+            .max(shared.live_bytes.saturating_mul(SNAPSHOT_GROWTH_FACTOR));
+        shared.log_bytes > threshold
+    }
+
+    /// Rewrites the live state at the end of the offsets log and drops what came before,
+    /// once enough superseded records have piled up: the log (and the replay at startup)
+    /// stays proportional to the live state, not to the number of commits ever made.
+    fn maybe_snapshot(&self, shared: &mut Shared, now: Now) {
+        if !self.needs_snapshot(shared) {
+            return;
+        }
+        let start = self.sink.end_offset();
+        let records = shared.snapshot_records();
+        let bytes: u64 = records.iter().map(record_bytes).sum();
+        let written = append_chunked(&*self.sink, records, now.wall_ms)
+            // The old records may only go once the snapshot is on disk.
+            .and_then(|_| self.sink.flush())
+            .and_then(|()| self.sink.delete_before(start));
+        match written {
+            Ok(()) => {
+                tracing::info!(
+                    before_bytes = shared.log_bytes,
+                    after_bytes = bytes,
+                    "{OFFSETS_LOG_NAME}: snapshot written, older records dropped"
+                );
+                shared.log_bytes = bytes;
+                shared.live_bytes = bytes;
+            }
+            Err(error) => {
+                // The log still replays to the right state (the snapshot, complete or
+                // not, repeats live values); try again after as much growth again.
+                tracing::warn!(%error, "{OFFSETS_LOG_NAME}: snapshot failed");
+                shared.live_bytes = shared.live_bytes.max(bytes);
+                shared.log_bytes = bytes;
+            }
+        }
+    }
+
     /// Writes the group metadata changes of the last operation (under the lock, so that
     /// the log keeps their order). Not waited for: losing one only loses a generation
     /// number and the time a group became empty.
@@ -566,7 +683,7 @@ impl Inner {
         if records.is_empty() {
             return;
         }
-        if let Err(error) = append_chunked(&*self.sink, records, now.wall_ms) {
+        if let Err(error) = self.append(shared, records, now) {
             tracing::warn!(%error, "{OFFSETS_LOG_NAME}: could not write group metadata");
         }
     }
@@ -582,6 +699,7 @@ impl Inner {
         let more_due = shared.table.tick(now, TIMER_GROUPS_PER_STEP_MAX);
         self.cleanup_step(&mut shared, now);
         self.persist_events(&mut shared, now);
+        self.maybe_snapshot(&mut shared, now);
         if more_due || shared.cleanup.cursor.is_some() {
             return now.mono_ms;
         }
@@ -632,7 +750,7 @@ impl Inner {
             return;
         }
         // Tombstones first: if they cannot be written, memory keeps the offsets too.
-        if let Err(error) = append_chunked(&*self.sink, records, now.wall_ms) {
+        if let Err(error) = self.append(shared, records, now) {
             tracing::warn!(%error, "{OFFSETS_LOG_NAME}: could not write expired offsets");
             return;
         }
@@ -671,3 +789,6 @@ async fn run_background(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod storage_tests;

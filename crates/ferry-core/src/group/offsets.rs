@@ -70,6 +70,15 @@ impl OffsetTable {
             .is_some_and(|offsets| offsets.contains_key(&(topic.to_string(), partition)))
     }
 
+    /// Every committed offset: (group, topic, partition, entry).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str, u32, &OffsetEntry)> {
+        self.groups.iter().flat_map(|(group, offsets)| {
+            offsets.iter().map(move |((topic, partition), entry)| {
+                (group.as_str(), topic.as_str(), *partition, entry)
+            })
+        })
+    }
+
     /// Groups that have committed offsets.
     pub fn group_ids(&self) -> impl Iterator<Item = &String> {
         self.groups.keys()

@@ -22,6 +22,10 @@ pub(crate) trait RecordSink: Send + Sync {
     fn append(&self, records: Vec<Record>, now_ms: i64) -> Result<Appended>;
     /// Makes everything appended so far durable.
     fn flush(&self) -> Result<()>;
+    /// Offset the next appended record gets.
+    fn end_offset(&self) -> i64;
+    /// Drops the records before `offset` (superseded by a snapshot written after them).
+    fn delete_before(&self, offset: i64) -> Result<()>;
 }
 
 /// An appended batch, possibly not yet durable.
@@ -53,6 +57,19 @@ impl RecordSink for InternalLog {
     fn flush(&self) -> Result<()> {
         InternalLog::flush(self)
     }
+
+    fn end_offset(&self) -> i64 {
+        self.log_end_offset()
+    }
+
+    fn delete_before(&self, offset: i64) -> Result<()> {
+        InternalLog::delete_before(self, offset).map(|_| ())
+    }
+}
+
+/// Bytes a record counts for in the log-size accounting that triggers snapshots.
+pub(crate) fn record_bytes(record: &Record) -> u64 {
+    (record.0.len() + record.1.as_ref().map_or(0, Bytes::len) + RECORD_OVERHEAD_BYTES) as u64
 }
 
 /// Appends `records` in order, in batches of at most [`APPEND_CHUNK_BYTES_MAX`].
@@ -65,7 +82,7 @@ pub(crate) fn append_chunked(
     let mut chunk = Vec::new();
     let mut chunk_bytes = 0;
     for record in records {
-        let size = record.0.len() + record.1.as_ref().map_or(0, Bytes::len) + RECORD_OVERHEAD_BYTES;
+        let size = record_bytes(&record) as usize;
         if !chunk.is_empty() && chunk_bytes + size > APPEND_CHUNK_BYTES_MAX {
             appended.push(sink.append(std::mem::take(&mut chunk), now_ms)?);
             chunk_bytes = 0;
@@ -83,21 +100,56 @@ pub(crate) fn append_chunked(
 #[cfg(test)]
 #[derive(Clone, Default)]
 pub(crate) struct MemorySink {
-    pub records: std::sync::Arc<parking_lot::Mutex<Vec<Record>>>,
+    log: std::sync::Arc<parking_lot::Mutex<MemoryLog>>,
+}
+
+#[cfg(test)]
+#[derive(Default)]
+struct MemoryLog {
+    /// Offset of `records[0]`.
+    start: i64,
+    records: Vec<Record>,
+    batches: usize,
+}
+
+#[cfg(test)]
+impl MemorySink {
+    /// The records still in the log, oldest first.
+    pub fn records(&self) -> Vec<Record> {
+        self.log.lock().records.clone()
+    }
+
     /// Number of `append` calls (batches).
-    pub batches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub fn batches(&self) -> usize {
+        self.log.lock().batches
+    }
 }
 
 #[cfg(test)]
 impl RecordSink for MemorySink {
     fn append(&self, records: Vec<Record>, _now_ms: i64) -> Result<Appended> {
-        self.batches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.records.lock().extend(records);
+        let mut log = self.log.lock();
+        log.batches += 1;
+        log.records.extend(records);
         Ok(Appended::Durable)
     }
 
     fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn end_offset(&self) -> i64 {
+        let log = self.log.lock();
+        log.start + log.records.len() as i64
+    }
+
+    fn delete_before(&self, offset: i64) -> Result<()> {
+        let mut log = self.log.lock();
+        let count = usize::try_from(offset - log.start)
+            .unwrap_or(0)
+            .min(log.records.len());
+        log.records.drain(..count);
+        log.start += count as i64;
         Ok(())
     }
 }
@@ -115,13 +167,21 @@ mod tests {
             .collect();
         let appended = append_chunked(&sink, records.clone(), 0).expect("append");
         assert!(appended.len() >= 4, "1 MB of records must be split");
-        assert_eq!(
-            appended.len(),
-            sink.batches.load(std::sync::atomic::Ordering::Relaxed)
-        );
-        assert_eq!(*sink.records.lock(), records);
+        assert_eq!(appended.len(), sink.batches());
+        assert_eq!(sink.records(), records);
         assert!(append_chunked(&sink, Vec::new(), 0)
             .expect("append")
             .is_empty());
+    }
+
+    #[test]
+    fn memory_sink_drops_records_before_an_offset() {
+        let sink = MemorySink::default();
+        let record = |k: &'static str| (Bytes::from_static(k.as_bytes()), None);
+        append_chunked(&sink, vec![record("a"), record("b"), record("c")], 0).expect("append");
+        assert_eq!(sink.end_offset(), 3);
+        sink.delete_before(2).expect("delete");
+        assert_eq!(sink.records(), vec![record("c")]);
+        assert_eq!(sink.end_offset(), 3);
     }
 }

@@ -942,6 +942,15 @@ impl GroupTable {
         }
     }
 
+    /// The persisted metadata of every group that uses membership (for snapshots).
+    pub fn metadata_snapshot(&self) -> Vec<(String, GroupValue)> {
+        self.groups
+            .values()
+            .filter(|g| g.protocol_type.is_some() || g.generation > 0)
+            .map(|g| (g.id.clone(), g.metadata_value()))
+            .collect()
+    }
+
     /// Changes to persist since the last call.
     pub fn take_events(&mut self) -> Vec<GroupEvent> {
         std::mem::take(&mut self.events)

@@ -20,7 +20,7 @@ fn settings() -> GroupSettings {
 }
 
 fn open(sink: &MemorySink, settings: GroupSettings) -> Arc<GroupCoordinator> {
-    let records = sink.records.lock().clone();
+    let records = sink.records();
     Arc::new(
         GroupCoordinator::with_sink(Box::new(sink.clone()), records, settings)
             .expect("open coordinator"),
@@ -455,4 +455,85 @@ async fn expired_offsets_and_empty_groups_are_cleaned_up() {
         .fetch_offsets("simple", None)
         .expect("fetch")
         .is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_offsets_log_is_compacted_by_snapshots() {
+    let sink = MemorySink::default();
+    let records = sink.records();
+    let snapshot_min_bytes = 20_000;
+    let coordinator = Arc::new(
+        GroupCoordinator::with_sink_and_snapshot_size(
+            Box::new(sink.clone()),
+            records,
+            settings(),
+            snapshot_min_bytes,
+        )
+        .expect("open"),
+    );
+    let (a, _b) = stable_pair(&coordinator).await;
+    coordinator
+        .commit_offsets("other", -1, "", None, vec![commit("t", 9, 99, None)])
+        .await
+        .expect("commit");
+    // Many commits of the same two partitions: the log grows, the live state does not.
+    for i in 0..1_000 {
+        coordinator
+            .commit_offsets(
+                "g",
+                2,
+                &a,
+                None,
+                vec![commit("t", 0, i, None), commit("t", 1, 2 * i, None)],
+            )
+            .await
+            .expect("commit");
+        if i % 100 == 0 {
+            coordinator.heartbeat("g", 2, &a, None).expect("heartbeat");
+            tokio::task::yield_now().await;
+        }
+    }
+    // Let the background task run.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let kept = sink.records();
+    assert!(
+        kept.len() < 100,
+        "the log was not compacted: {} records",
+        kept.len()
+    );
+    let log_bytes: u64 = kept.iter().map(super::sink::record_bytes).sum();
+    assert!(
+        log_bytes <= 4 * snapshot_min_bytes,
+        "{log_bytes} bytes left"
+    );
+
+    coordinator.shutdown().await.expect("shutdown");
+    let reopened = open(&sink, settings());
+    let offsets: Vec<_> = reopened
+        .fetch_offsets("g", None)
+        .expect("fetch")
+        .iter()
+        .map(|o| (o.partition, o.offset))
+        .collect();
+    assert_eq!(offsets, vec![(0, 999), (1, 1998)]);
+    assert_eq!(
+        reopened.fetch_offsets("other", None).expect("fetch")[0].offset,
+        99
+    );
+    let listing = reopened.list_groups();
+    let g = listing
+        .iter()
+        .find(|l| l.group_id == "g")
+        .expect("g survives the snapshot");
+    assert_eq!(g.protocol_type, "consumer");
+    // The generation survived too.
+    let member = new_member_id(&reopened, "g").await;
+    assert_eq!(
+        reopened
+            .join(join_request("g", &member))
+            .await
+            .expect("join")
+            .generation_id,
+        3
+    );
 }

@@ -36,7 +36,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil::{fsync_dir, now_ms, remove_file_if_exists, write_atomic, IoContext};
-use crate::journal::{self, Journal, JOURNAL_DIR};
+use crate::journal::{self, EntryKind, Journal, JOURNAL_DIR};
 use crate::log::RecoveryPoint;
 use crate::{LogConfig, PartitionLog, Result, StorageError};
 
@@ -197,9 +197,15 @@ pub(crate) struct StoreShared {
     decompressor: RwLock<Option<Decompressor>>,
     /// Serializes checkpoints.
     checkpoint_lock: Mutex<()>,
+    /// Bumped for every log directory created; the generation last made durable.
+    data_dir_generation: std::sync::atomic::AtomicU64,
+    data_dir_synced: Mutex<u64>,
     /// Test seam: for every file, the length known to be on stable storage.
     #[cfg(test)]
     synced: Mutex<HashMap<PathBuf, u64>>,
+    /// Test seam: bytes of segment data walked by recovery.
+    #[cfg(test)]
+    recovery_scanned_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for StoreShared {
@@ -220,9 +226,6 @@ impl StoreShared {
     pub(crate) fn log_dir(&self, id: &LogId) -> PathBuf {
         self.config.data_dir.join(id.to_string())
     }
-    pub(crate) fn data_dir(&self) -> &Path {
-        &self.config.data_dir
-    }
     pub(crate) fn journal(&self) -> &Journal {
         &self.journal
     }
@@ -242,6 +245,32 @@ impl StoreShared {
         let decompressor = self.decompressor.read().clone()?;
         decompressor(codec, bytes)
     }
+    /// Notes that a log directory was created in the data directory.
+    pub(crate) fn note_log_dir_created(&self) {
+        self.data_dir_generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// fsyncs the data directory if log directories were created since the last time, so
+    /// that one fsync covers every log created meanwhile.
+    pub(crate) fn sync_data_dir(&self) -> Result<()> {
+        let mut synced = self.data_dir_synced.lock();
+        let generation = self.data_dir_generation.load(Ordering::Acquire);
+        if *synced < generation {
+            fsync_dir(&self.config.data_dir)?;
+            *synced = generation;
+        }
+        Ok(())
+    }
+
+    /// Counts bytes of segment data walked by recovery (test seam).
+    pub(crate) fn note_recovery_scan(&self, bytes: u64) {
+        #[cfg(test)]
+        self.recovery_scanned_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
+        #[cfg(not(test))]
+        let _ = bytes;
+    }
+
     /// Records that the first `len` bytes of `path` are on stable storage (test seam).
     pub(crate) fn note_synced(&self, path: &Path, len: u64) {
         #[cfg(test)]
@@ -363,8 +392,12 @@ impl Store {
             flusher_wake: Condvar::new(),
             decompressor: RwLock::new(None),
             checkpoint_lock: Mutex::new(()),
+            data_dir_generation: std::sync::atomic::AtomicU64::new(0),
+            data_dir_synced: Mutex::new(0),
             #[cfg(test)]
             synced: Mutex::new(HashMap::new()),
+            #[cfg(test)]
+            recovery_scanned_bytes: std::sync::atomic::AtomicU64::new(0),
         });
         let registry = Arc::new(Registry::default());
         let points: HashMap<&str, (u64, RecoveryPoint)> = checkpoint
@@ -400,30 +433,68 @@ impl Store {
                 shared.clone(),
                 id.clone(),
                 points.get(name.as_str()).copied(),
-                clean,
                 LogConfig::default(),
             )?;
             registry.logs.write().insert(id, Arc::new(log));
         }
 
-        // Replay Sync appends that the logs may have lost.
+        // Redo what happened to Sync logs since the checkpoint, in order: appends the logs
+        // may have lost, logs whose creation did not reach the disk, removals.
         let mut replayed = 0usize;
-        let logs_by_name: HashMap<String, Arc<PartitionLog>> = registry
+        let mut by_name: HashMap<String, Arc<PartitionLog>> = registry
             .all()
             .into_iter()
             .map(|log| (log.id().to_string(), log))
             .collect();
+        let mut adopted: HashMap<String, u64> = HashMap::new();
         journal::replay(&journal_dir, journal_start, journal_end, |entry| {
-            let name = format!("{}-{}", entry.topic, entry.partition);
-            match logs_by_name.get(&name) {
-                Some(log) if log.incarnation() == entry.incarnation => {
-                    replayed += log.replay_entry(entry.base_offset, &entry.batches)?;
+            let id = LogId {
+                topic: entry.topic.clone(),
+                partition: entry.partition,
+            };
+            let name = id.to_string();
+            let log = match by_name.get(&name) {
+                Some(log) => log.clone(),
+                None if entry.kind == EntryKind::Append && id.validate().is_ok() => {
+                    tracing::warn!(log = %id, "re-creating a log from its journal entries");
+                    let log = Arc::new(PartitionLog::create(
+                        shared.clone(),
+                        id.clone(),
+                        LogConfig::default(),
+                        Some(entry.incarnation),
+                    )?);
+                    registry.logs.write().insert(id.clone(), log.clone());
+                    by_name.insert(name.clone(), log.clone());
+                    log
                 }
-                // A log removed (or removed and re-created) since: its entries are void.
-                _ => {}
+                None => return Ok(()),
+            };
+            // A log that lost its meta.json takes the incarnation its entries name.
+            if !log.incarnation_known() {
+                let first = *adopted.entry(name.clone()).or_insert(entry.incarnation);
+                if first != entry.incarnation {
+                    return Ok(());
+                }
+            } else if log.incarnation() != entry.incarnation {
+                // Entries of an earlier log of the same name: void.
+                return Ok(());
+            }
+            match entry.kind {
+                EntryKind::Append => {
+                    replayed += log.replay_entry(entry.base_offset, &entry.batches)?
+                }
+                EntryKind::Remove => {
+                    registry.logs.write().remove(&id);
+                    by_name.remove(&name);
+                    adopted.remove(&name);
+                    delete_log_dir(&shared, &log)?;
+                }
             }
             Ok(())
         })?;
+        for log in registry.all() {
+            log.settle_incarnation(adopted.get(&log.id().to_string()).copied())?;
+        }
 
         let store = Arc::new(Store {
             shared,
@@ -494,6 +565,7 @@ impl Store {
             self.shared.clone(),
             id.clone(),
             config,
+            None,
         )?);
         logs.insert(id.clone(), log.clone());
         Ok(log)
@@ -513,22 +585,18 @@ impl Store {
             .remove(id)
             .ok_or_else(|| StorageError::UnknownLog(id.to_string()))?;
         log.mark_removed();
-        for path in log.closed_paths() {
-            self.shared.files.evict(&path);
-        }
-        let dir = log.dir().to_path_buf();
-        self.shared.files.evict_dir(&dir);
-        // Rename first so that a crash mid-delete leaves a directory that the next open
-        // finishes deleting rather than a half-deleted log.
-        let doomed = self.shared.config.data_dir.join(format!(
-            "{}.{}{DELETED_SUFFIX}",
-            id,
-            log.incarnation()
-        ));
-        std::fs::rename(&dir, &doomed).at(&dir)?;
-        fsync_dir(&self.shared.config.data_dir)?;
-        std::fs::remove_dir_all(&doomed).at(&doomed)?;
-        Ok(())
+        // Journal the removal before deleting anything, so that replaying older entries
+        // of this log after a crash cannot bring it back.
+        let position = self.shared.journal.append(
+            EntryKind::Remove,
+            &id.topic,
+            id.partition,
+            log.incarnation(),
+            0,
+            &[],
+        )?;
+        self.shared.journal.wait_durable(position)?;
+        delete_log_dir(&self.shared, &log)
     }
 
     /// Installs the decompressor used for exact timestamp lookups in compressed batches.
@@ -580,6 +648,12 @@ impl Store {
         }
     }
 
+    /// Test seam: bytes of segment data walked by recovery in `open`.
+    #[cfg(test)]
+    pub(crate) fn recovery_scanned_bytes(&self) -> u64 {
+        self.shared.recovery_scanned_bytes.load(Ordering::Relaxed)
+    }
+
     /// Test seam: the store's cache of open segment files.
     #[cfg(test)]
     pub(crate) fn files(&self) -> &FileCache {
@@ -605,6 +679,24 @@ impl Drop for Store {
         self.shared.shut_down.store(true, Ordering::Release);
         self.stop_threads();
     }
+}
+
+/// Deletes a removed log's directory: renamed first (durably), so that a crash
+/// mid-delete leaves a directory the next open finishes deleting rather than half a log.
+fn delete_log_dir(shared: &StoreShared, log: &PartitionLog) -> Result<()> {
+    for path in log.closed_paths() {
+        shared.files.evict(&path);
+    }
+    let dir = log.dir().to_path_buf();
+    shared.files.evict_dir(&dir);
+    let doomed = shared.config.data_dir.join(format!(
+        "{}.{}{DELETED_SUFFIX}",
+        log.id(),
+        log.incarnation()
+    ));
+    std::fs::rename(&dir, &doomed).at(&dir)?;
+    fsync_dir(&shared.config.data_dir)?;
+    std::fs::remove_dir_all(&doomed).at(&doomed)
 }
 
 /// The flusher thread: flushes `Async` logs whose interval or size is due, and writes a
@@ -656,8 +748,11 @@ fn checkpoint_now(shared: &StoreShared, registry: &Registry, clean: bool) -> Res
     let journal_position = shared.journal.written();
     let mut logs = Vec::new();
     for log in registry.all() {
-        let point = if clean || log.is_dirty() {
-            log.flush_inner(clean)?
+        // An append that journaled before `journal_position` may still be publishing:
+        // let it finish so that the flush below sees (and covers) it.
+        log.quiesce();
+        let point = if log.is_dirty() {
+            log.flush_inner()?
         } else {
             log.recovery_point()
         };

@@ -48,13 +48,20 @@ fn config(policy: FlushPolicy, rng: &mut StdRng) -> LogConfig {
     }
 }
 
-fn open(dir: &Path, rng: &mut StdRng) -> (Arc<Store>, Vec<Arc<PartitionLog>>) {
+/// Opens the store and the test's logs; also returns the files as recovery left them
+/// (on disk, so durable for the next crash), taken before the logs are opened, so that a
+/// log created now is not counted as durable.
+fn open(
+    dir: &Path,
+    rng: &mut StdRng,
+) -> (Arc<Store>, Vec<Arc<PartitionLog>>, HashMap<PathBuf, u64>) {
     let store = Store::open(StoreConfig {
         data_dir: dir.to_path_buf(),
         journal_segment_bytes_max: rng.random_range(500..5000),
         checkpoint_interval_ms: if rng.random_bool(0.5) { 3 } else { 3_600_000 },
     })
     .expect("store opens");
+    let baseline = file_lengths(dir);
     let logs = POLICIES
         .iter()
         .enumerate()
@@ -64,7 +71,7 @@ fn open(dir: &Path, rng: &mut StdRng) -> (Arc<Store>, Vec<Arc<PartitionLog>>) {
                 .expect("log opens")
         })
         .collect();
-    (store, logs)
+    (store, logs, baseline)
 }
 
 /// Every regular file under `dir` with its length.
@@ -93,13 +100,25 @@ fn mangle(
     synced: &HashMap<PathBuf, u64>,
     rng: &mut StdRng,
 ) {
+    // A log directory whose creation was never made durable may vanish entirely.
+    for p in 0..POLICIES.len() {
+        let log_dir = dir.join(format!("crash-{p}"));
+        // Made durable by the log's first flush (which syncs its first segment), or on
+        // disk before this round.
+        let meta = log_dir.join("meta.json");
+        let created_durably =
+            baseline.contains_key(&meta) || synced.keys().any(|p| p.starts_with(&log_dir));
+        if log_dir.exists() && !created_durably && rng.random_bool(0.3) {
+            std::fs::remove_dir_all(&log_dir).expect("remove log dir");
+        }
+    }
     for (path, len) in file_lengths(dir) {
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or_default();
         // Replaced atomically (tmp + fsync + rename + dir fsync): old or new, never torn.
-        if name == "checkpoint.json" || name == "meta.json" {
+        if name == "checkpoint.json" {
             continue;
         }
         let durable = baseline
@@ -180,13 +199,12 @@ fn run_case(seed: u64) {
     let mut models: Vec<Model> = POLICIES.iter().map(|_| Model::default()).collect();
     let rounds = rng.random_range(1..=3);
     for round in 0..rounds {
-        let (store, logs) = open(dir.path(), &mut rng);
+        let (store, logs, baseline) = open(dir.path(), &mut rng);
         for (log, model) in logs.iter().zip(models.iter_mut()) {
             let count = check_log(log, model, round);
             model.batches.truncate(count);
             model.durable = count;
         }
-        let baseline = file_lengths(dir.path());
         let mut pending: Vec<(usize, usize, Durability)> = Vec::new();
         let epoch = round as i32;
         for _ in 0..rng.random_range(5..40) {
@@ -229,7 +247,7 @@ fn run_case(seed: u64) {
         mangle(dir.path(), &baseline, &synced, &mut rng);
     }
     // Recover once more, check, then shut down cleanly and check the clean restart.
-    let (store, logs) = open(dir.path(), &mut rng);
+    let (store, logs, _) = open(dir.path(), &mut rng);
     let mut after_crash = Vec::new();
     for (log, model) in logs.iter().zip(models.iter()) {
         check_log(log, model, rounds);
@@ -238,7 +256,7 @@ fn run_case(seed: u64) {
     store.shutdown().expect("clean shutdown");
     drop(logs);
     drop(store);
-    let (store, logs) = open(dir.path(), &mut rng);
+    let (store, logs, _) = open(dir.path(), &mut rng);
     for (log, before) in logs.iter().zip(after_crash) {
         let again = read_all(log);
         assert_eq!(again.len(), before.len());

@@ -151,6 +151,13 @@ fn reopen_after_clean_shutdown_keeps_everything() {
         (read_all(&log), read_all(&sync))
     };
     let store = open_store(dir.path());
+    // Fast restart: per log, recovery walks at most the data after the last index entry.
+    let walk_max = 2 * (256 + make_batch(3, 50, 0).len() as u64);
+    assert!(
+        store.recovery_scanned_bytes() <= walk_max,
+        "scanned {}",
+        store.recovery_scanned_bytes()
+    );
     assert_eq!(store.log_ids(), vec![id("s", 0), id("t", 0)]);
     let log = store
         .open_log(&id("t", 0), small_config(ASYNC))
@@ -592,4 +599,88 @@ fn torn_tail_is_truncated_and_never_served() {
     assert_eq!(read_all(&log).len(), 4);
     let header = BatchHeader::parse(&read_all(&log)[3].1).expect("header");
     assert_eq!(header.base_offset, 6);
+}
+
+/// Not a timed test: run by hand (`cargo test -p ferry-storage --release -- --ignored
+/// --nocapture group_commit_smoke`) to see that Sync appends across many partitions
+/// share fsyncs.
+#[test]
+#[ignore]
+fn group_commit_smoke() {
+    const PARTITIONS: u32 = 1000;
+    const PRODUCERS: usize = 8;
+    const APPENDS_PER_PRODUCER: usize = 2000;
+    const IN_FLIGHT_MAX: usize = 64;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(dir.path());
+    let create_started = std::time::Instant::now();
+    let logs: Vec<_> = (0..PARTITIONS)
+        .map(|p| {
+            store
+                .open_log(
+                    &id("bench", p),
+                    LogConfig {
+                        flush: FlushPolicy::Sync,
+                        ..LogConfig::default()
+                    },
+                )
+                .expect("log")
+        })
+        .collect();
+    println!(
+        "created {PARTITIONS} Sync logs in {:?}",
+        create_started.elapsed()
+    );
+    let logs = std::sync::Arc::new(logs);
+    let batch = make_batch(10, 100, 0);
+    let started = std::time::Instant::now();
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|t| {
+            let logs = logs.clone();
+            let batch = batch.clone();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .expect("runtime");
+                let mut pending = std::collections::VecDeque::new();
+                for i in 0..APPENDS_PER_PRODUCER {
+                    let log = &logs[(t * 7919 + i * 31) % logs.len()];
+                    pending.push_back(log.append(batch.clone(), 0, 0).expect("append").durable);
+                    if pending.len() >= IN_FLIGHT_MAX {
+                        runtime
+                            .block_on(pending.pop_front().expect("pending").wait())
+                            .expect("durable");
+                    }
+                }
+                for durable in pending {
+                    runtime.block_on(durable.wait()).expect("durable");
+                }
+            })
+        })
+        .collect();
+    for producer in producers {
+        producer.join().expect("producer");
+    }
+    let elapsed = started.elapsed();
+    let appends = PRODUCERS * APPENDS_PER_PRODUCER;
+    println!(
+        "{appends} durable appends of {} bytes to {PARTITIONS} partitions in {elapsed:?}: {:.0} appends/s, {:.1} MB/s",
+        batch.len(),
+        appends as f64 / elapsed.as_secs_f64(),
+        (appends * batch.len()) as f64 / elapsed.as_secs_f64() / 1e6
+    );
+    let shutdown_started = std::time::Instant::now();
+    store.shutdown().expect("shutdown");
+    println!(
+        "shutdown (flushing {PARTITIONS} new logs): {:?}",
+        shutdown_started.elapsed()
+    );
+    let open_started = std::time::Instant::now();
+    let store = open_store(dir.path());
+    println!(
+        "clean restart with {} logs: {:?}",
+        store.log_ids().len(),
+        open_started.elapsed()
+    );
+    store.shutdown().expect("shutdown");
 }

@@ -1276,10 +1276,16 @@ impl PartitionLog {
         let mut by_time = 0;
         if let Some(retention_ms) = config.retention_ms.filter(|ms| *ms >= 0) {
             for seg in &closed {
-                let expired = match self.closed_max_timestamp(seg)? {
-                    Some((ts, _)) => now_ms.saturating_sub(ts) > retention_ms,
-                    None => true,
+                // Like Kafka: a segment without record timestamps ages by its file time.
+                let newest_ms = match self.closed_max_timestamp(seg)? {
+                    Some((ts, _)) if ts >= 0 => ts,
+                    _ => std::fs::metadata(&seg.paths.log)
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_millis() as i64),
                 };
+                let expired = now_ms.saturating_sub(newest_ms) > retention_ms;
                 if !expired {
                     break;
                 }

@@ -19,10 +19,14 @@
 //! recovery point (the flushed end) and the journal position read before the flushes,
 //! then deletes journal files wholly before that position.
 //!
-//! `Store::open` recovers: after a clean shutdown (the checkpoint says so and the files
-//! match it) nothing is scanned; after a crash each log is scanned only from its recovery
-//! point (torn tail truncated, CRCs verified, indexes rebuilt for the scanned part), then
-//! the journal is replayed from the checkpoint's position into the logs.
+//! `Store::open` recovers: each log is walked from its recovery point (torn tail
+//! truncated, CRCs verified, indexes rebuilt for the walked part; after a clean shutdown
+//! that is only a short tail), then the journal is replayed from the checkpoint's position
+//! into the logs, re-creating logs whose directory was lost and honouring removals. The
+//! clean-shutdown flag written by [`Store::shutdown`] is reset at open, so a later crash is
+//! never mistaken for a clean stop.
+//!
+//! A data directory must be used by one process at a time (there is no lock file yet).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;

@@ -1745,7 +1745,7 @@ impl PartitionLog {
         let mut scanned_epochs = Vec::new();
         let mut changed = false;
         let mut unsynced_closed = Vec::new();
-        let (active, log_end) = loop {
+        let (mut active, mut log_end) = loop {
             let paths = SegmentPaths::new(&dir, bases[current]);
             let file = open_rw(&paths.log, false)?;
             let outcome: ScanOutcome = scan_segment(
@@ -1863,6 +1863,41 @@ impl PartitionLog {
         let before = epochs.len();
         epochs.retain(|(_, start)| *start < log_end);
         meta_changed |= epochs.len() != before;
+        if meta_log_start > log_end {
+            // Records were deleted up to an offset the recovered log no longer reaches (the
+            // tail was lost): start over there rather than hand out deleted offsets again.
+            tracing::warn!(
+                log = %id,
+                log_start = meta_log_start,
+                log_end,
+                "log start offset is past the recovered end; starting the log at its start offset"
+            );
+            let doomed: Vec<SegmentPaths> = closed
+                .iter()
+                .map(|s| s.paths.clone())
+                .chain([active.paths.clone()])
+                .collect();
+            closed.clear();
+            unsynced_closed.clear();
+            for paths in doomed {
+                for path in [&paths.log, &paths.index, &paths.time_index] {
+                    remove_file_if_exists(path)?;
+                }
+            }
+            let paths = SegmentPaths::new(&dir, meta_log_start);
+            let file = open_rw(&paths.log, true)?;
+            active = ActiveSegment::new(
+                meta_log_start,
+                paths,
+                Arc::new(file),
+                0,
+                None,
+                SegmentIndexes::new(meta_log_start, interval),
+            );
+            log_end = meta_log_start;
+            recovery = RecoveryPoint::segment_start(meta_log_start);
+            changed = true;
+        }
         let first_base = closed.first().map_or(active.base, |s| s.base);
         let log_start = meta_log_start.max(first_base).min(log_end);
         let size_bytes = closed.iter().map(|s| s.size).sum::<u64>() + active.size;

@@ -50,6 +50,8 @@ const CHECKPOINT_FILE: &str = "checkpoint.json";
 const CHECKPOINT_VERSION: u32 = 1;
 /// Suffix of a log directory being deleted.
 const DELETED_SUFFIX: &str = ".deleted";
+/// Journal segments written since the last checkpoint that trigger the next one early.
+const JOURNAL_SEGMENTS_PER_CHECKPOINT: u64 = 4;
 /// How often the flusher looks for due flushes when nothing wakes it earlier.
 const FLUSHER_TICK_MS: u64 = 50;
 /// Most closed-segment files kept open at once across all logs.
@@ -613,7 +615,7 @@ impl Store {
         if self.shared.is_shut_down() {
             return Err(StorageError::ShutDown);
         }
-        checkpoint_now(&self.shared, &self.registry, false)
+        checkpoint_now(&self.shared, &self.registry, false).map(|_| ())
     }
 
     /// Flushes every log, writes a clean-shutdown checkpoint and stops background threads.
@@ -634,7 +636,7 @@ impl Store {
         } else {
             tracing::info!(data_dir = %self.shared.config.data_dir.display(), "storage shut down cleanly");
         }
-        result
+        result.map(|_| ())
     }
 
     fn stop_flusher(&self) {
@@ -708,6 +710,12 @@ fn delete_log_dir(shared: &StoreShared, log: &PartitionLog) -> Result<()> {
 fn flusher_loop(shared: &StoreShared, registry: &Registry) {
     let interval = shared.config.checkpoint_interval_ms.max(1) as i64;
     let mut next_checkpoint = now_ms() + interval;
+    // A busy journal also triggers a checkpoint, bounding its size and the replay time.
+    let journal_bytes_max = shared
+        .config
+        .journal_segment_bytes_max
+        .saturating_mul(JOURNAL_SEGMENTS_PER_CHECKPOINT);
+    let mut checkpointed_position = shared.journal.written();
     loop {
         {
             let mut signal = shared.flusher.lock();
@@ -734,9 +742,15 @@ fn flusher_loop(shared: &StoreShared, registry: &Registry) {
                 tracing::warn!(log = %log.id(), "flush failed: {e}");
             }
         }
-        if now >= next_checkpoint {
-            if let Err(e) = checkpoint_now(shared, registry, false) {
-                tracing::error!("checkpoint failed: {e}");
+        let journal_full = shared
+            .journal
+            .written()
+            .saturating_sub(checkpointed_position)
+            >= journal_bytes_max;
+        if now >= next_checkpoint || journal_full {
+            match checkpoint_now(shared, registry, false) {
+                Ok(position) => checkpointed_position = position,
+                Err(e) => tracing::error!("checkpoint failed: {e}"),
             }
             next_checkpoint = now_ms() + interval;
         }
@@ -745,7 +759,8 @@ fn flusher_loop(shared: &StoreShared, registry: &Registry) {
 
 /// Flushes every log and atomically writes the checkpoint, then deletes journal files
 /// that it makes unnecessary.
-fn checkpoint_now(shared: &StoreShared, registry: &Registry, clean: bool) -> Result<()> {
+/// Returns the journal position it recorded.
+fn checkpoint_now(shared: &StoreShared, registry: &Registry, clean: bool) -> Result<u64> {
     let _checkpoint = shared.checkpoint_lock.lock();
     // Read the journal position first: each entry before it was written to its log
     // before it was journaled, so the flushes below cover it.
@@ -776,7 +791,8 @@ fn checkpoint_now(shared: &StoreShared, registry: &Registry, clean: bool) -> Res
     let path = shared.config.data_dir.join(CHECKPOINT_FILE);
     write_atomic(&path, &bytes)?;
     shared.note_synced(&path, bytes.len() as u64);
-    shared.journal.delete_before(journal_position)
+    shared.journal.delete_before(journal_position)?;
+    Ok(journal_position)
 }
 
 #[cfg(test)]

@@ -28,13 +28,17 @@ const POLICIES: [FlushPolicy; 3] = [
 /// Bytes before the CRC-covered part of a batch (offset, length, epoch, magic, crc).
 const CRC_COVERED_FROM: usize = 21;
 
-/// What the test appended to one log.
+/// What the test appended to one log (and has not seen lost yet).
 #[derive(Default)]
 struct Model {
-    /// Every batch appended, in order, as built (offsets and epochs not yet assigned).
-    batches: Vec<Bytes>,
-    /// How many leading batches are known durable.
-    durable: usize,
+    /// Batches in log order: (base offset, bytes as built, before offsets were assigned).
+    batches: Vec<(i64, Bytes)>,
+    /// Offset the next append gets.
+    next: i64,
+    /// Every record below this offset is known durable.
+    durable_end: i64,
+    /// Log start offset (DeleteRecords is durable once it returns).
+    start: i64,
 }
 
 fn config(policy: FlushPolicy, rng: &mut StdRng) -> LogConfig {
@@ -149,48 +153,60 @@ fn mangle(
     }
 }
 
-/// Checks a recovered log against what was appended and returns how many batches it has.
-fn check_log(log: &PartitionLog, model: &Model, round: usize) -> usize {
-    assert_eq!(log.log_start_offset(), 0);
+/// Checks a recovered log against what was appended, then makes the model match it.
+fn check_log(log: &PartitionLog, model: &mut Model, round: usize) {
+    let ctx = format!("{} (round {round})", log.id());
+    let (start, end) = (log.log_start_offset(), log.log_end_offset());
+    assert_eq!(start, model.start, "{ctx}: log start offset");
+    assert!(
+        end >= model.durable_end.max(model.start),
+        "{ctx}: end {end} below durable {}",
+        model.durable_end
+    );
+    assert!(
+        end <= model.next.max(model.start),
+        "{ctx}: end {end} past what was appended ({})",
+        model.next
+    );
     let recovered = read_all(log);
-    assert!(
-        recovered.len() >= model.durable,
-        "{}: {} batches recovered but {} were durable (round {round})",
-        log.id(),
-        recovered.len(),
-        model.durable
-    );
-    assert!(
-        recovered.len() <= model.batches.len(),
-        "{}: more batches than appended",
-        log.id()
-    );
     let epochs = log.leader_epochs();
-    let mut offset = 0;
-    for (i, (header, bytes)) in recovered.iter().enumerate() {
-        let appended = &model.batches[i];
-        assert_eq!(header.base_offset, offset, "{}: batch {i} offset", log.id());
+    if let Some((first, _)) = recovered.first() {
+        assert!(
+            first.base_offset <= start && start <= first.last_offset(),
+            "{ctx}: first batch holds the start"
+        );
+    }
+    for (header, bytes) in &recovered {
+        let i = model
+            .batches
+            .binary_search_by_key(&header.base_offset, |(base, _)| *base)
+            .unwrap_or_else(|_| {
+                panic!("{ctx}: batch at {} was never appended", header.base_offset)
+            });
         assert_eq!(
             &bytes[CRC_COVERED_FROM..],
-            &appended[CRC_COVERED_FROM..],
-            "{}: batch {i} bytes",
-            log.id()
+            &model.batches[i].1[CRC_COVERED_FROM..],
+            "{ctx}: batch {i} bytes"
         );
         let epoch = epochs
             .iter()
             .rev()
-            .find(|(_, start)| *start <= offset)
+            .find(|(_, s)| *s <= header.base_offset)
             .map(|(e, _)| *e);
         assert_eq!(
             Some(header.partition_leader_epoch),
             epoch,
-            "{}: batch {i} epoch",
-            log.id()
+            "{ctx}: batch {i} epoch"
         );
-        offset = header.last_offset() + 1;
     }
-    assert_eq!(log.log_end_offset(), offset, "{}: log end", log.id());
-    recovered.len()
+    assert_eq!(
+        recovered.last().map_or(start, |(h, _)| h.last_offset() + 1),
+        end,
+        "{ctx}: log end"
+    );
+    model.batches.retain(|(base, _)| *base < end);
+    model.next = end;
+    model.durable_end = end;
 }
 
 fn run_case(seed: u64) {
@@ -201,15 +217,13 @@ fn run_case(seed: u64) {
     for round in 0..rounds {
         let (store, logs, baseline) = open(dir.path(), &mut rng);
         for (log, model) in logs.iter().zip(models.iter_mut()) {
-            let count = check_log(log, model, round);
-            model.batches.truncate(count);
-            model.durable = count;
+            check_log(log, model, round);
         }
-        let mut pending: Vec<(usize, usize, Durability)> = Vec::new();
+        let mut pending: Vec<(usize, i64, Durability)> = Vec::new();
         let epoch = round as i32;
         for _ in 0..rng.random_range(5..40) {
             match rng.random_range(0..100) {
-                0..=69 => {
+                0..=66 => {
                     let p = rng.random_range(0..logs.len());
                     let batch = make_batch(
                         rng.random_range(1..5),
@@ -217,25 +231,36 @@ fn run_case(seed: u64) {
                         rng.random_range(0..1000),
                     );
                     let result = logs[p].append(batch.clone(), epoch, 0).expect("append");
-                    models[p].batches.push(batch);
-                    pending.push((p, models[p].batches.len(), result.durable));
+                    assert_eq!(result.base_offset, models[p].next);
+                    models[p].batches.push((result.base_offset, batch));
+                    models[p].next = result.last_offset + 1;
+                    pending.push((p, models[p].next, result.durable));
                 }
-                70..=84 => {
-                    for (p, count, durable) in pending.drain(..) {
+                67..=81 => {
+                    for (p, end, durable) in pending.drain(..) {
                         if wait(durable).is_ok() && POLICIES[p] == FlushPolicy::Sync {
-                            models[p].durable = models[p].durable.max(count);
+                            models[p].durable_end = models[p].durable_end.max(end);
                         }
                     }
                 }
-                85..=94 => {
+                82..=91 => {
                     let p = rng.random_range(0..logs.len());
                     logs[p].flush().expect("flush");
-                    models[p].durable = models[p].batches.len();
+                    models[p].durable_end = models[p].next;
+                }
+                92..=95 => {
+                    let p = rng.random_range(0..logs.len());
+                    let offset = rng.random_range(models[p].start..=models[p].next);
+                    let start = logs[p]
+                        .delete_records_before(offset)
+                        .expect("delete records");
+                    assert_eq!(start, offset.max(models[p].start));
+                    models[p].start = start;
                 }
                 _ => {
                     store.checkpoint().expect("checkpoint");
                     for model in models.iter_mut() {
-                        model.durable = model.batches.len();
+                        model.durable_end = model.next;
                     }
                 }
             }
@@ -249,7 +274,7 @@ fn run_case(seed: u64) {
     // Recover once more, check, then shut down cleanly and check the clean restart.
     let (store, logs, _) = open(dir.path(), &mut rng);
     let mut after_crash = Vec::new();
-    for (log, model) in logs.iter().zip(models.iter()) {
+    for (log, model) in logs.iter().zip(models.iter_mut()) {
         check_log(log, model, rounds);
         after_crash.push(read_all(log));
     }

@@ -248,6 +248,9 @@ struct LogState {
     /// Bumped when a file is created or deleted in the log directory.
     dir_generation: u64,
     dir_synced_generation: u64,
+    /// A persisted log start offset that recovery found past the log end (see
+    /// [`PartitionLog::finish_recovery`]).
+    pending_log_start: Option<i64>,
 }
 
 /// A closed segment's log file and an index hint `(offset, position)` into it.
@@ -449,6 +452,7 @@ impl PartitionLog {
             unsynced_closed: Vec::new(),
             dir_generation: 1,
             dir_synced_generation: 0,
+            pending_log_start: None,
         };
         Ok(PartitionLog::assemble(
             store,
@@ -507,17 +511,67 @@ impl PartitionLog {
         self.incarnation_known.load(Ordering::Acquire)
     }
 
-    /// Settles the incarnation of a log whose `meta.json` was lost: the one named by its
-    /// journal entries if replay found any, else the provisional one.
-    pub(crate) fn settle_incarnation(&self, incarnation: Option<u64>) -> Result<()> {
-        if self.incarnation_known() {
+    /// Completes recovery once the journal has been replayed: settles the incarnation of
+    /// a log whose `meta.json` was lost (the one its journal entries named, if any, else
+    /// the provisional one), and applies a persisted log start offset. If that offset is
+    /// past the recovered end (a crash lost the tail below it), the log starts over, empty,
+    /// at that offset, as Kafka does, rather than hand out deleted offsets again.
+    pub(crate) fn finish_recovery(&self, incarnation: Option<u64>) -> Result<()> {
+        let _append = self.append_lock.lock();
+        if !self.incarnation_known() {
+            if let Some(incarnation) = incarnation {
+                self.incarnation.store(incarnation, Ordering::Release);
+            }
+            self.write_meta()?;
+            self.incarnation_known.store(true, Ordering::Release);
+        }
+        let Some(start) = self.state.write().pending_log_start.take() else {
+            return Ok(());
+        };
+        let (log_end, doomed) = {
+            let st = self.state.read();
+            let doomed: Vec<SegmentPaths> = st
+                .closed
+                .iter()
+                .map(|s| s.paths.clone())
+                .chain([st.active.paths.clone()])
+                .collect();
+            (st.log_end, doomed)
+        };
+        if start <= log_end {
+            let mut st = self.state.write();
+            st.log_start = st.log_start.max(start);
             return Ok(());
         }
-        if let Some(incarnation) = incarnation {
-            self.incarnation.store(incarnation, Ordering::Release);
+        tracing::warn!(log = %self.id, log_start = start, log_end, "log start offset is past the recovered end; starting the log at its start offset");
+        for paths in &doomed {
+            for path in [&paths.log, &paths.index, &paths.time_index] {
+                self.store.files().evict(path);
+                remove_file_if_exists(path)?;
+            }
         }
-        self.write_meta()?;
-        self.incarnation_known.store(true, Ordering::Release);
+        let paths = SegmentPaths::new(&self.dir, start);
+        let file = open_rw(&paths.log, true)?;
+        let interval = self.config.read().index_interval_bytes as u64;
+        let mut st = self.state.write();
+        st.closed.clear();
+        st.unsynced_closed.clear();
+        st.active = ActiveSegment::new(
+            start,
+            paths,
+            Arc::new(file),
+            0,
+            None,
+            SegmentIndexes::new(start, interval),
+        );
+        st.log_start = start;
+        st.log_end = start;
+        st.size_bytes = 0;
+        st.recovery = RecoveryPoint::segment_start(start);
+        st.epochs_dirty = true;
+        st.dir_generation += 1;
+        drop(st);
+        self.unflushed_bytes.fetch_max(1, Ordering::AcqRel);
         Ok(())
     }
 
@@ -706,9 +760,10 @@ impl PartitionLog {
             st.log_end = next;
         }
         self.unflushed_bytes.fetch_add(total, Ordering::AcqRel);
+        // Flush deadlines run on the system clock, like the flusher that checks them.
         let _ = self.dirty_since_ms.compare_exchange(
             i64::MAX,
-            now_ms,
+            crate::fsutil::now_ms(),
             Ordering::AcqRel,
             Ordering::Acquire,
         );
@@ -1495,24 +1550,20 @@ impl PartitionLog {
         let time_crc = crc32c::crc32c_append(s.time_crc, &time_bytes);
         let index_offset = (s.index_persisted * INDEX_ENTRY_BYTES) as u64;
         let time_offset = (s.time_persisted * TIME_ENTRY_BYTES) as u64;
-        let index_file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&s.paths.index)
-            .at(&s.paths.index)?;
-        index_file
-            .write_all_at(&index_bytes, index_offset)
-            .at(&s.paths.index)?;
-        let time_file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&s.paths.time_index)
-            .at(&s.paths.time_index)?;
-        time_file
-            .write_all_at(&time_bytes, time_offset)
-            .at(&s.paths.time_index)?;
+        for (path, bytes, offset) in [
+            (&s.paths.index, &index_bytes, index_offset),
+            (&s.paths.time_index, &time_bytes, time_offset),
+        ] {
+            if !bytes.is_empty() {
+                OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(path)
+                    .and_then(|f| f.write_all_at(bytes, offset))
+                    .at(path)?;
+            }
+        }
         s.file.sync_data().at(&s.paths.log)?;
         self.store.note_synced(&s.paths.log, s.size);
         if !s.dir_synced {
@@ -1745,7 +1796,7 @@ impl PartitionLog {
         let mut scanned_epochs = Vec::new();
         let mut changed = false;
         let mut unsynced_closed = Vec::new();
-        let (mut active, mut log_end) = loop {
+        let (active, log_end) = loop {
             let paths = SegmentPaths::new(&dir, bases[current]);
             let file = open_rw(&paths.log, false)?;
             let outcome: ScanOutcome = scan_segment(
@@ -1803,7 +1854,12 @@ impl PartitionLog {
                         (&paths.index, prefix_counts.0 * INDEX_ENTRY_BYTES),
                         (&paths.time_index, prefix_counts.1 * TIME_ENTRY_BYTES),
                     ] {
-                        let f = OpenOptions::new().write(true).open(path).at(path)?;
+                        let f = OpenOptions::new()
+                            .write(true)
+                            .create(true)
+                            .truncate(false)
+                            .open(path)
+                            .at(path)?;
                         if f.metadata().at(path)?.len() != len as u64 {
                             f.set_len(len as u64).at(path)?;
                         }
@@ -1863,43 +1919,11 @@ impl PartitionLog {
         let before = epochs.len();
         epochs.retain(|(_, start)| *start < log_end);
         meta_changed |= epochs.len() != before;
-        if meta_log_start > log_end {
-            // Records were deleted up to an offset the recovered log no longer reaches (the
-            // tail was lost): start over there rather than hand out deleted offsets again.
-            tracing::warn!(
-                log = %id,
-                log_start = meta_log_start,
-                log_end,
-                "log start offset is past the recovered end; starting the log at its start offset"
-            );
-            let doomed: Vec<SegmentPaths> = closed
-                .iter()
-                .map(|s| s.paths.clone())
-                .chain([active.paths.clone()])
-                .collect();
-            closed.clear();
-            unsynced_closed.clear();
-            for paths in doomed {
-                for path in [&paths.log, &paths.index, &paths.time_index] {
-                    remove_file_if_exists(path)?;
-                }
-            }
-            let paths = SegmentPaths::new(&dir, meta_log_start);
-            let file = open_rw(&paths.log, true)?;
-            active = ActiveSegment::new(
-                meta_log_start,
-                paths,
-                Arc::new(file),
-                0,
-                None,
-                SegmentIndexes::new(meta_log_start, interval),
-            );
-            log_end = meta_log_start;
-            recovery = RecoveryPoint::segment_start(meta_log_start);
-            changed = true;
-        }
         let first_base = closed.first().map_or(active.base, |s| s.base);
         let log_start = meta_log_start.max(first_base).min(log_end);
+        // A start offset past the recovered end is settled after journal replay, which may
+        // bring the log back up to it.
+        let pending_log_start = (meta_log_start > log_start).then_some(meta_log_start);
         let size_bytes = closed.iter().map(|s| s.size).sum::<u64>() + active.size;
         let state = LogState {
             log_start,
@@ -1913,6 +1937,7 @@ impl PartitionLog {
             unsynced_closed,
             dir_generation: 1,
             dir_synced_generation: if changed { 0 } else { 1 },
+            pending_log_start,
         };
         let log = PartitionLog::assemble(
             store,
@@ -1963,6 +1988,9 @@ fn index_prefix_before(indexes: &SegmentIndexes, position: u64) -> (u64, u32, u6
 
 /// The first `len` bytes of `path` if their CRC32C is `crc`.
 fn verified_prefix(path: &Path, len: usize, crc: u32) -> Option<Vec<u8>> {
+    if len == 0 {
+        return Some(Vec::new());
+    }
     let file = File::open(path).ok()?;
     let mut bytes = vec![0u8; len];
     file.read_exact_at(&mut bytes, 0).ok()?;

@@ -499,7 +499,7 @@ impl Store {
             Ok(())
         })?;
         for log in registry.all() {
-            log.settle_incarnation(adopted.get(&log.id().to_string()).copied())?;
+            log.finish_recovery(adopted.get(&log.id().to_string()).copied())?;
         }
 
         let store = Arc::new(Store {

@@ -777,3 +777,40 @@ fn compressed_batches_use_the_installed_decompressor_for_timestamps() {
     );
     assert_eq!(log.max_timestamp().expect("max"), Some((3, 103)));
 }
+
+#[test]
+fn delete_records_into_a_journal_only_batch_survives_a_crash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(dir.path());
+    let log = store
+        .open_log(&id("d", 0), small_config(FlushPolicy::Sync))
+        .expect("log");
+    for _ in 0..3 {
+        wait(
+            log.append(make_batch(2, 10, 0), 0, 0)
+                .expect("append")
+                .durable,
+        )
+        .expect("durable");
+    }
+    // Offset 3 lies inside the second batch (2..=3), which so far is only in the journal.
+    assert_eq!(log.delete_records_before(3).expect("delete"), 3);
+    let synced = store.simulate_crash();
+    let log_file = SegmentPaths::new(log.dir(), 0).log;
+    let keep = synced.get(&log_file).copied().unwrap_or(0);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log_file)
+        .expect("open")
+        .set_len(keep)
+        .expect("truncate");
+    drop((log, store));
+    let store = open_store(dir.path());
+    let log = store
+        .open_log(&id("d", 0), small_config(FlushPolicy::Sync))
+        .expect("log");
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (3, 6));
+    let batches = read_all(&log);
+    assert_eq!(batches[0].0.base_offset, 2);
+    assert_eq!(batches.len(), 2);
+}

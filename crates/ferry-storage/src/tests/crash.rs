@@ -293,8 +293,17 @@ fn run_case(seed: u64) {
     store.shutdown().expect("clean shutdown");
 }
 
+/// Cases per run: 24 by default (a few seconds in debug builds).
+fn crash_cases() -> u32 {
+    std::env::var("FERRY_CRASH_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(24)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+    // FERRY_CRASH_CASES raises the case count for soak runs.
+    #![proptest_config(ProptestConfig { cases: crash_cases(), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn recovery_after_random_crashes_keeps_every_durable_append(seed in any::<u64>()) {

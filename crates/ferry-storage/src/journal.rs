@@ -10,9 +10,13 @@
 //! rate is bounded by the disk, not by the number of producers or partitions.
 //!
 //! Entry layout (big-endian): `body_len u32 | crc32c(body) u32 | body`, where body is
-//! `kind u8 (1 = append) | incarnation u64 | partition u32 | topic_len u16 | topic |
-//! base_offset i64 | batches`. The batches are the bytes written to the log (offsets and
-//! leader epoch already assigned), so replay writes them unchanged.
+//! `kind u8 | incarnation u64 | partition u32 | topic_len u16 | topic | base_offset i64 |
+//! batches`. Kind 1 appends: the batches are the bytes written to the log (offsets and
+//! leader epoch already assigned), so replay writes them unchanged. Kind 2 records that
+//! the log was removed (no batches). Replayed in order, the entries redo what happened to
+//! `Sync` logs since the checkpoint, creations and removals included: a log whose
+//! directory did not reach the disk is re-created from its entries, which is why creating
+//! a log costs no fsync.
 //!
 //! The checkpoint (see the store) records a journal position P such that every entry
 //! before P is also in a flushed log; recovery replays entries from P, and journal files
@@ -39,6 +43,8 @@ const JOURNAL_EXT: &str = "journal";
 const ENTRY_PREFIX_BYTES: usize = 8;
 /// Entry kind: batches appended to one log.
 const ENTRY_KIND_APPEND: u8 = 1;
+/// Entry kind: the log was removed.
+const ENTRY_KIND_REMOVE: u8 = 2;
 /// Fixed part of an append entry body before the topic name and after it.
 const ENTRY_FIXED_BYTES: usize = 1 + 8 + 4 + 2 + 8;
 /// Largest entry body accepted when reading (a sanity bound on a damaged length).
@@ -53,9 +59,19 @@ pub(crate) struct DurableMark {
     pub failed: Option<Arc<str>>,
 }
 
-/// One decoded append entry.
+/// What a journal entry records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EntryKind {
+    /// Batches appended at `base_offset`.
+    Append,
+    /// The log (this incarnation) was removed.
+    Remove,
+}
+
+/// One decoded entry.
 #[derive(Debug)]
 pub(crate) struct JournalEntry {
+    pub kind: EntryKind,
     pub topic: String,
     pub partition: u32,
     pub incarnation: u64,
@@ -63,8 +79,9 @@ pub(crate) struct JournalEntry {
     pub batches: Bytes,
 }
 
-/// Encodes an append entry, prefix included.
+/// Encodes an entry, prefix included.
 fn encode_entry(
+    kind: EntryKind,
     topic: &str,
     partition: u32,
     incarnation: u64,
@@ -75,7 +92,10 @@ fn encode_entry(
     let mut out = Vec::with_capacity(ENTRY_PREFIX_BYTES + body_len);
     out.extend_from_slice(&(body_len as u32).to_be_bytes());
     out.extend_from_slice(&[0; 4]); // CRC, filled in below
-    out.push(ENTRY_KIND_APPEND);
+    out.push(match kind {
+        EntryKind::Append => ENTRY_KIND_APPEND,
+        EntryKind::Remove => ENTRY_KIND_REMOVE,
+    });
     out.extend_from_slice(&incarnation.to_be_bytes());
     out.extend_from_slice(&partition.to_be_bytes());
     out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
@@ -89,7 +109,12 @@ fn encode_entry(
 
 /// Decodes an entry body whose CRC has been checked.
 fn decode_entry(body: Bytes) -> Option<JournalEntry> {
-    if body.len() < ENTRY_FIXED_BYTES || body[0] != ENTRY_KIND_APPEND {
+    let kind = match body.first() {
+        Some(&ENTRY_KIND_APPEND) => EntryKind::Append,
+        Some(&ENTRY_KIND_REMOVE) => EntryKind::Remove,
+        _ => return None,
+    };
+    if body.len() < ENTRY_FIXED_BYTES {
         return None;
     }
     let u64_at = |p: usize| {
@@ -106,6 +131,7 @@ fn decode_entry(body: Bytes) -> Option<JournalEntry> {
     let base_offset = u64_at(15 + topic_len)? as i64;
     let batches = body.slice(15 + topic_len + 8..);
     Some(JournalEntry {
+        kind,
         topic,
         partition,
         incarnation,
@@ -257,6 +283,8 @@ pub(crate) struct Journal {
     inner: Mutex<JournalInner>,
     /// Wakes the group-commit thread when something was written or it must stop.
     wake: Condvar,
+    /// Wakes blocking waiters when the durable position moved or the journal failed.
+    synced_wake: Condvar,
     durable: watch::Sender<DurableMark>,
 }
 
@@ -310,21 +338,23 @@ impl Journal {
                 stop: false,
             }),
             wake: Condvar::new(),
+            synced_wake: Condvar::new(),
             durable,
         })
     }
 
-    /// Writes one append entry (one write call) and returns the position that must become
+    /// Writes one entry (one write call) and returns the position that must become
     /// durable for it to be durable.
     pub fn append(
         &self,
+        kind: EntryKind,
         topic: &str,
         partition: u32,
         incarnation: u64,
         base_offset: i64,
         batches: &[u8],
     ) -> Result<u64> {
-        let entry = encode_entry(topic, partition, incarnation, base_offset, batches);
+        let entry = encode_entry(kind, topic, partition, incarnation, base_offset, batches);
         let mut inner = self.inner.lock();
         if let Some(why) = &inner.failed {
             return Err(StorageError::JournalFailed(why.to_string()));
@@ -374,6 +404,20 @@ impl Journal {
         self.inner.lock().written
     }
 
+    /// Blocks until `position` is durable (for callers outside async code).
+    pub fn wait_durable(&self, position: u64) -> Result<()> {
+        let mut inner = self.inner.lock();
+        loop {
+            if inner.synced >= position {
+                return Ok(());
+            }
+            if let Some(why) = &inner.failed {
+                return Err(StorageError::JournalFailed(why.to_string()));
+            }
+            self.synced_wake.wait(&mut inner);
+        }
+    }
+
     /// A receiver of the durable position.
     pub fn subscribe(&self) -> watch::Receiver<DurableMark> {
         self.durable.subscribe()
@@ -419,6 +463,7 @@ impl Journal {
                     }
                     self.inner.lock().synced = target;
                     self.durable.send_modify(|mark| mark.position = target);
+                    self.synced_wake.notify_all();
                 }
                 Err(why) => {
                     // After a failed fsync the page cache cannot be trusted (the kernel may
@@ -428,6 +473,7 @@ impl Journal {
                     let why: Arc<str> = why.into();
                     self.inner.lock().failed = Some(why.clone());
                     self.durable.send_modify(|mark| mark.failed = Some(why));
+                    self.synced_wake.notify_all();
                     return;
                 }
             }
@@ -465,7 +511,7 @@ mod tests {
         for i in 0..5 {
             ends.push(
                 journal
-                    .append("t", 3, 9, i * 10, &[i as u8; 40])
+                    .append(EntryKind::Append, "t", 3, 9, i * 10, &[i as u8; 40])
                     .expect("append"),
             );
         }
@@ -532,7 +578,9 @@ mod tests {
             let journal = journal.clone();
             std::thread::spawn(move || journal.run_group_commit(|_, _| {}))
         };
-        let end = journal.append("t", 0, 1, 0, b"abc").expect("append");
+        let end = journal
+            .append(EntryKind::Append, "t", 0, 1, 0, b"abc")
+            .expect("append");
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");

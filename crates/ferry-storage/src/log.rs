@@ -30,7 +30,7 @@ use crate::batch::{
     verify_batch, BatchHeader, BATCH_BYTES_HARD_MAX, BATCH_HEADER_BYTES,
 };
 use crate::fsutil::{fsync_dir, now_ms, remove_file_if_exists, write_atomic, IoContext};
-use crate::journal::DurableMark;
+use crate::journal::{DurableMark, EntryKind};
 use crate::segment::{
     decode_index, decode_time_index, encode_index, encode_time_index, file_index_lookup,
     file_time_last, file_time_lookup, find_batch, parse_segment_name, scan_segment, FindBatch,
@@ -248,6 +248,9 @@ struct LogState {
     /// Bumped when a file is created or deleted in the log directory.
     dir_generation: u64,
     dir_synced_generation: u64,
+    /// A persisted log start offset that recovery found past the log end (see
+    /// [`PartitionLog::finish_recovery`]).
+    pending_log_start: Option<i64>,
 }
 
 /// A closed segment's log file and an index hint `(offset, position)` into it.
@@ -277,7 +280,10 @@ enum SegmentRead {
 pub struct PartitionLog {
     id: LogId,
     dir: PathBuf,
-    incarnation: u64,
+    /// Tells this log apart from earlier logs of the same name.
+    incarnation: AtomicU64,
+    /// False while recovery does not know the incarnation (its `meta.json` was lost).
+    incarnation_known: AtomicBool,
     store: Arc<StoreShared>,
     config: RwLock<LogConfig>,
     /// Serializes appends, rolls, retention and truncation.
@@ -402,14 +408,20 @@ fn record_at_or_after(
 
 impl PartitionLog {
     /// Creates a new, empty log directory for `id`.
+    ///
+    /// Nothing is fsynced: a `Sync` log is re-created from its journal entries if its
+    /// directory does not survive a crash, and an `Async` log's creation is made durable by
+    /// its first flush. `incarnation` is given when journal replay re-creates a log.
     pub(crate) fn create(
         store: Arc<StoreShared>,
         id: LogId,
         config: LogConfig,
+        incarnation: Option<u64>,
     ) -> Result<PartitionLog> {
         let dir = store.log_dir(&id);
         std::fs::create_dir(&dir).at(&dir)?;
-        let incarnation = new_incarnation();
+        store.note_log_dir_created();
+        let incarnation = incarnation.unwrap_or_else(new_incarnation);
         let meta = LogMeta {
             version: META_VERSION,
             incarnation,
@@ -440,20 +452,24 @@ impl PartitionLog {
             unsynced_closed: Vec::new(),
             dir_generation: 1,
             dir_synced_generation: 0,
+            pending_log_start: None,
         };
-        let sync = config.flush == FlushPolicy::Sync;
-        let log = PartitionLog::assemble(store, id, dir, incarnation, config, state, false);
-        if sync {
-            log.ensure_created_durable()?;
-        }
-        Ok(log)
+        Ok(PartitionLog::assemble(
+            store,
+            id,
+            dir,
+            (incarnation, true),
+            config,
+            state,
+            false,
+        ))
     }
 
     fn assemble(
         store: Arc<StoreShared>,
         id: LogId,
         dir: PathBuf,
-        incarnation: u64,
+        (incarnation, incarnation_known): (u64, bool),
         config: LogConfig,
         state: LogState,
         created_durable: bool,
@@ -461,7 +477,8 @@ impl PartitionLog {
         PartitionLog {
             id,
             dir,
-            incarnation,
+            incarnation: AtomicU64::new(incarnation),
+            incarnation_known: AtomicBool::new(incarnation_known),
             store,
             config: RwLock::new(config),
             append_lock: Mutex::new(()),
@@ -486,7 +503,76 @@ impl PartitionLog {
     }
 
     pub(crate) fn incarnation(&self) -> u64 {
-        self.incarnation
+        self.incarnation.load(Ordering::Acquire)
+    }
+
+    /// Whether the incarnation came from `meta.json` (not guessed after losing it).
+    pub(crate) fn incarnation_known(&self) -> bool {
+        self.incarnation_known.load(Ordering::Acquire)
+    }
+
+    /// Completes recovery once the journal has been replayed: settles the incarnation of
+    /// a log whose `meta.json` was lost (the one its journal entries named, if any, else
+    /// the provisional one), and applies a persisted log start offset. If that offset is
+    /// past the recovered end (a crash lost the tail below it), the log starts over, empty,
+    /// at that offset, as Kafka does, rather than hand out deleted offsets again.
+    pub(crate) fn finish_recovery(&self, incarnation: Option<u64>) -> Result<()> {
+        let _append = self.append_lock.lock();
+        if !self.incarnation_known() {
+            if let Some(incarnation) = incarnation {
+                self.incarnation.store(incarnation, Ordering::Release);
+            }
+            self.write_meta()?;
+            self.incarnation_known.store(true, Ordering::Release);
+        }
+        let Some(start) = self.state.write().pending_log_start.take() else {
+            return Ok(());
+        };
+        let (log_end, doomed) = {
+            let st = self.state.read();
+            let doomed: Vec<SegmentPaths> = st
+                .closed
+                .iter()
+                .map(|s| s.paths.clone())
+                .chain([st.active.paths.clone()])
+                .collect();
+            (st.log_end, doomed)
+        };
+        if start <= log_end {
+            let mut st = self.state.write();
+            st.log_start = st.log_start.max(start);
+            return Ok(());
+        }
+        tracing::warn!(log = %self.id, log_start = start, log_end, "log start offset is past the recovered end; starting the log at its start offset");
+        for paths in &doomed {
+            for path in [&paths.log, &paths.index, &paths.time_index] {
+                self.store.files().evict(path);
+                remove_file_if_exists(path)?;
+            }
+        }
+        let paths = SegmentPaths::new(&self.dir, start);
+        let file = open_rw(&paths.log, true)?;
+        let interval = self.config.read().index_interval_bytes as u64;
+        let mut st = self.state.write();
+        st.closed.clear();
+        st.unsynced_closed.clear();
+        st.active = ActiveSegment::new(
+            start,
+            paths,
+            Arc::new(file),
+            0,
+            None,
+            SegmentIndexes::new(start, interval),
+        );
+        st.log_start = start;
+        st.log_end = start;
+        st.size_bytes = 0;
+        st.recovery = RecoveryPoint::segment_start(start);
+        st.epochs_dirty = true;
+        st.dir_generation += 1;
+        drop(st);
+        self.unflushed_bytes.fetch_max(1, Ordering::AcqRel);
+        Ok(())
     }
 
     fn check_open(&self) -> Result<()> {
@@ -633,9 +719,10 @@ impl PartitionLog {
         }
         let durable = if config.flush == FlushPolicy::Sync && leader_epoch.is_some() {
             match self.store.journal().append(
+                EntryKind::Append,
                 &self.id.topic,
                 self.id.partition,
-                self.incarnation,
+                self.incarnation(),
                 log_end,
                 buf,
             ) {
@@ -673,9 +760,10 @@ impl PartitionLog {
             st.log_end = next;
         }
         self.unflushed_bytes.fetch_add(total, Ordering::AcqRel);
+        // Flush deadlines run on the system clock, like the flusher that checks them.
         let _ = self.dirty_since_ms.compare_exchange(
             i64::MAX,
-            now_ms,
+            crate::fsutil::now_ms(),
             Ordering::AcqRel,
             Ordering::Acquire,
         );
@@ -1243,10 +1331,16 @@ impl PartitionLog {
         let mut by_time = 0;
         if let Some(retention_ms) = config.retention_ms.filter(|ms| *ms >= 0) {
             for seg in &closed {
-                let expired = match self.closed_max_timestamp(seg)? {
-                    Some((ts, _)) => now_ms.saturating_sub(ts) > retention_ms,
-                    None => true,
+                // Like Kafka: a segment without record timestamps ages by its file time.
+                let newest_ms = match self.closed_max_timestamp(seg)? {
+                    Some((ts, _)) if ts >= 0 => ts,
+                    _ => std::fs::metadata(&seg.paths.log)
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_millis() as i64),
                 };
+                let expired = now_ms.saturating_sub(newest_ms) > retention_ms;
                 if !expired {
                     break;
                 }
@@ -1306,7 +1400,6 @@ impl PartitionLog {
             // Journal replay appends entries at the log end: everything appended before the
             // switch must be on disk, or replay would meet a gap.
             self.flush()?;
-            self.ensure_created_durable()?;
         }
         *self.config.write() = config;
         Ok(())
@@ -1326,7 +1419,7 @@ impl PartitionLog {
     }
     /// fsyncs everything appended so far.
     pub fn flush(&self) -> Result<()> {
-        self.flush_inner(false).map(|_| ())
+        self.flush_inner().map(|_| ())
     }
 
     /// Keeps the log marked dirty after a failed flush so that a later one retries.
@@ -1357,19 +1450,15 @@ impl PartitionLog {
         }
     }
 
-    /// Makes the log's creation durable (directory entries and `meta.json`), once.
+    /// Makes the log directory's entry in the data directory durable, once. (The files in
+    /// the log directory are covered by the flush's fsync of the log directory, which a new
+    /// log always needs. `meta.json` is not fsynced at creation: losing its content loses
+    /// only the incarnation, which recovery then takes from the journal or makes up.)
     fn ensure_created_durable(&self) -> Result<()> {
         if self.created_durable.load(Ordering::Acquire) {
             return Ok(());
         }
-        let meta = self.dir.join(META_FILE);
-        File::open(&meta).and_then(|f| f.sync_all()).at(&meta)?;
-        self.store.note_synced(
-            &meta,
-            std::fs::metadata(&meta).map(|m| m.len()).unwrap_or(0),
-        );
-        fsync_dir(&self.dir)?;
-        fsync_dir(self.store.data_dir())?;
+        self.store.sync_data_dir()?;
         self.created_durable.store(true, Ordering::Release);
         Ok(())
     }
@@ -1381,7 +1470,7 @@ impl PartitionLog {
             let st = self.state.read();
             LogMeta {
                 version: META_VERSION,
-                incarnation: self.incarnation,
+                incarnation: self.incarnation(),
                 log_start_offset: st.log_start,
                 leader_epochs: st.epochs.clone(),
             }
@@ -1395,18 +1484,17 @@ impl PartitionLog {
 
     /// Flushes the log: fsyncs segment data (and the files of segments closed since the
     /// last flush), writes new index entries, persists the epoch history if it changed,
-    /// and advances the recovery point. With `clean` (shutdown), also completes and
-    /// fsyncs the active segment's index files so the next start can trust them.
-    pub(crate) fn flush_inner(&self, clean: bool) -> Result<RecoveryPoint> {
+    /// and advances the recovery point.
+    pub(crate) fn flush_inner(&self) -> Result<RecoveryPoint> {
         let _flush = self.flush_lock.lock();
-        let result = self.flush_locked(clean);
+        let result = self.flush_locked();
         if result.is_err() {
             self.flush_failed();
         }
         result
     }
 
-    fn flush_locked(&self, clean: bool) -> Result<RecoveryPoint> {
+    fn flush_locked(&self) -> Result<RecoveryPoint> {
         // Reset the dirty markers before the snapshot: an append counted after this point
         // either is in the snapshot or leaves the markers set for the next flush.
         self.dirty_since_ms.store(i64::MAX, Ordering::Release);
@@ -1429,14 +1517,6 @@ impl PartitionLog {
                 time_persisted: a.time_persisted,
                 index_crc: a.index_crc,
                 time_crc: a.time_crc,
-                final_time_entry: clean.then(|| {
-                    let mut copy = a.indexes.clone();
-                    copy.push_time_entry();
-                    copy.time
-                        .last()
-                        .copied()
-                        .filter(|_| copy.time.len() > a.indexes.time.len())
-                }),
                 epochs_dirty: st.epochs_dirty,
                 recovery: st.recovery,
             }
@@ -1450,7 +1530,7 @@ impl PartitionLog {
             && s.index_delta.is_empty()
             && s.time_delta.is_empty()
             && !s.epochs_dirty;
-        if self.removed.load(Ordering::Acquire) || (unchanged && !clean) {
+        if self.removed.load(Ordering::Acquire) || unchanged {
             return Ok(s.recovery);
         }
         self.ensure_created_durable()?;
@@ -1470,41 +1550,19 @@ impl PartitionLog {
         let time_crc = crc32c::crc32c_append(s.time_crc, &time_bytes);
         let index_offset = (s.index_persisted * INDEX_ENTRY_BYTES) as u64;
         let time_offset = (s.time_persisted * TIME_ENTRY_BYTES) as u64;
-        let index_file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&s.paths.index)
-            .at(&s.paths.index)?;
-        index_file
-            .write_all_at(&index_bytes, index_offset)
-            .at(&s.paths.index)?;
-        let time_file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&s.paths.time_index)
-            .at(&s.paths.time_index)?;
-        time_file
-            .write_all_at(&time_bytes, time_offset)
-            .at(&s.paths.time_index)?;
-        if clean {
-            // Complete the time index with the segment's largest timestamp (not counted as
-            // persisted: only a restart reads it) and make both files durable.
-            let mut end = time_offset + time_bytes.len() as u64;
-            if let Some(Some(entry)) = s.final_time_entry {
-                let bytes = encode_time_index(&[entry]);
-                time_file
-                    .write_all_at(&bytes, end)
-                    .at(&s.paths.time_index)?;
-                end += bytes.len() as u64;
+        for (path, bytes, offset) in [
+            (&s.paths.index, &index_bytes, index_offset),
+            (&s.paths.time_index, &time_bytes, time_offset),
+        ] {
+            if !bytes.is_empty() {
+                OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(path)
+                    .and_then(|f| f.write_all_at(bytes, offset))
+                    .at(path)?;
             }
-            time_file.set_len(end).at(&s.paths.time_index)?;
-            index_file
-                .set_len(index_offset + index_bytes.len() as u64)
-                .at(&s.paths.index)?;
-            index_file.sync_data().at(&s.paths.index)?;
-            time_file.sync_data().at(&s.paths.time_index)?;
         }
         s.file.sync_data().at(&s.paths.log)?;
         self.store.note_synced(&s.paths.log, s.size);
@@ -1617,16 +1675,20 @@ impl PartitionLog {
         Ok(count)
     }
 
-    /// Opens an existing log directory and recovers it. After a clean shutdown (and with
-    /// a matching checkpoint entry) files and indexes are trusted as they are; otherwise
-    /// the log is scanned from its recovery point: lengths, contiguity and CRCs are
-    /// checked, the first torn or corrupt batch and everything after it is cut off, and
-    /// the indexes of the scanned segments are rebuilt.
+    /// Opens an existing log directory and recovers it from its recovery point (the end
+    /// of the data its last checkpointed flush made durable, with the count and CRC of
+    /// the active index prefix written by then).
+    ///
+    /// Segments before the recovery point are trusted as they are. The segment holding it
+    /// is walked from its last trusted index entry (at most an index interval before the
+    /// point) to recompute the running index state; everything after the point is checked
+    /// for structure, offset contiguity and CRC, and the first torn or corrupt batch is
+    /// cut off together with everything after it. After a clean shutdown the recovery
+    /// point is the end of the log, so nothing but that short walk is read.
     pub(crate) fn recover(
         store: Arc<StoreShared>,
         id: LogId,
         checkpoint: Option<(u64, RecoveryPoint)>,
-        clean: bool,
         config: LogConfig,
     ) -> Result<PartitionLog> {
         let dir = store.log_dir(&id);
@@ -1679,203 +1741,179 @@ impl PartitionLog {
         }
         let interval = config.index_interval_bytes as u64;
         let last = bases.len() - 1;
-        let trusted = clean
-            && checkpoint.is_some_and(|c| {
-                c.segment_base == bases[last]
-                    && c.position == sizes[last]
-                    && c.log_end >= bases[last]
-            });
 
+        // Where flushed data ends, if the checkpoint knows and the files agree.
+        let start = checkpoint.and_then(|cp| {
+            let k = bases.binary_search(&cp.segment_base).ok()?;
+            (cp.position <= sizes[k] && cp.log_end >= cp.segment_base).then_some((k, cp))
+        });
+        if start.is_none() && checkpoint.is_some() {
+            tracing::warn!(log = %id, "checkpoint does not match the segments; scanning the whole log");
+        }
+        let (k, rp) = start.unwrap_or((0, RecoveryPoint::segment_start(bases[0])));
         let mut closed: Vec<Arc<ClosedSegment>> = Vec::new();
+        for i in 0..k {
+            closed.push(Arc::new(ClosedSegment::new(
+                bases[i],
+                sizes[i],
+                SegmentPaths::new(&dir, bases[i]),
+                None,
+            )));
+        }
+        // The index prefix the checkpoint vouches for (by count and CRC).
+        let paths = SegmentPaths::new(&dir, bases[k]);
+        let index_prefix = verified_prefix(
+            &paths.index,
+            rp.index_entries as usize * INDEX_ENTRY_BYTES,
+            rp.index_crc,
+        )
+        .and_then(|b| decode_index(&b, rp.position.max(1)));
+        let time_prefix = verified_prefix(
+            &paths.time_index,
+            rp.time_entries as usize * TIME_ENTRY_BYTES,
+            rp.time_crc,
+        )
+        .and_then(|b| decode_time_index(&b));
+        let trusted_prefix = index_prefix.is_some() && time_prefix.is_some();
+        if !trusted_prefix && rp.position > 0 {
+            tracing::warn!(log = %id, segment = bases[k], "index prefix unverifiable; rebuilding the segment's index");
+        }
+        let mut indexes = match (index_prefix, time_prefix) {
+            (Some(index), Some(time)) => {
+                SegmentIndexes::from_entries(bases[k], interval, index, time, 0)
+            }
+            _ => SegmentIndexes::new(bases[k], interval),
+        };
+        let prefix_counts = (indexes.index.len(), indexes.time.len());
+        // Resume at the last trusted index entry: re-reading that batch keeps the
+        // index-interval accounting exactly as the appender had it.
+        let (mut start_pos, mut expected) = indexes.index.last().map_or((0, bases[k]), |e| {
+            (e.position as u64, bases[k] + e.rel_offset as i64)
+        });
+        indexes.bytes_since_entry = 0;
+        let mut crc_from = rp.position;
+        let mut current = k;
+        let mut scanned_epochs = Vec::new();
+        let mut changed = false;
         let mut unsynced_closed = Vec::new();
-        let active: ActiveSegment;
-        let log_end: i64;
-        let recovery: RecoveryPoint;
-        let mut dirty = false;
-        if let (true, Some(cp)) = (trusted, checkpoint) {
-            for i in 0..last {
-                closed.push(Arc::new(ClosedSegment::new(
-                    bases[i],
-                    sizes[i],
-                    SegmentPaths::new(&dir, bases[i]),
-                    None,
-                )));
-            }
-            let paths = SegmentPaths::new(&dir, bases[last]);
+        let (active, log_end) = loop {
+            let paths = SegmentPaths::new(&dir, bases[current]);
             let file = open_rw(&paths.log, false)?;
-            let size = sizes[last];
-            let loaded = (|| {
-                let index = decode_index(&std::fs::read(&paths.index).ok()?, size.max(1))?;
-                let time = decode_time_index(&std::fs::read(&paths.time_index).ok()?)?;
-                let complete = size == 0 || !time.is_empty();
-                complete
-                    .then(|| SegmentIndexes::from_entries(bases[last], interval, index, time, size))
-            })();
-            let indexes = match loaded {
-                Some(indexes) => indexes,
-                None => {
-                    tracing::warn!(log = %id, segment = bases[last], "active index missing or damaged; rebuilding");
-                    let mut indexes = SegmentIndexes::new(bases[last], interval);
-                    let outcome = scan_segment(&file, size, 0, bases[last], u64::MAX, |h, pos| {
-                        indexes.observe(h, pos, h.total_bytes() as u64)
-                    })
-                    .at(&paths.log)?;
-                    if outcome.invalid.is_some() || outcome.next_offset != cp.log_end {
-                        return Err(StorageError::CorruptBatch(format!(
-                            "{id}: active segment does not match the clean-shutdown checkpoint"
-                        )));
-                    }
-                    indexes
-                }
-            };
-            let (index_crc, time_crc) = write_index_files(&paths, &indexes)?;
-            let created = first_batch_time(&file, size);
-            let mut a =
-                ActiveSegment::new(bases[last], paths, Arc::new(file), size, created, indexes);
-            a.index_persisted = a.indexes.index.len();
-            a.time_persisted = a.indexes.time.len();
-            a.index_crc = index_crc;
-            a.time_crc = time_crc;
-            active = a;
-            log_end = cp.log_end;
-            recovery = RecoveryPoint {
-                index_entries: active.index_persisted as u64,
-                index_crc,
-                time_entries: active.time_persisted as u64,
-                time_crc,
-                ..cp
-            };
-        } else {
-            // Where flushed data ends, if the checkpoint knows and the files agree.
-            let start = checkpoint.and_then(|cp| {
-                let k = bases.binary_search(&cp.segment_base).ok()?;
-                (cp.position <= sizes[k] && cp.log_end >= cp.segment_base).then_some((k, cp))
-            });
-            let (k, rp) = start.unwrap_or((0, RecoveryPoint::segment_start(bases[0])));
-            for i in 0..k {
-                closed.push(Arc::new(ClosedSegment::new(
-                    bases[i],
-                    sizes[i],
-                    SegmentPaths::new(&dir, bases[i]),
-                    None,
-                )));
+            let outcome: ScanOutcome = scan_segment(
+                &file,
+                sizes[current],
+                start_pos,
+                expected,
+                crc_from,
+                |h, pos| {
+                    indexes.observe(h, pos, h.total_bytes() as u64);
+                    scanned_epochs.push((h.partition_leader_epoch, h.base_offset));
+                },
+            )
+            .at(&paths.log)?;
+            store.note_recovery_scan(outcome.valid_end.saturating_sub(start_pos));
+            let mut end_here = current == last;
+            if let Some(why) = &outcome.invalid {
+                tracing::warn!(
+                    log = %id,
+                    segment = bases[current],
+                    position = outcome.valid_end,
+                    "truncating torn or corrupt log tail: {why}"
+                );
+                file.set_len(outcome.valid_end).at(&paths.log)?;
+                sizes[current] = outcome.valid_end;
+                end_here = true;
+                changed = true;
+            } else if !end_here && bases[current + 1] != outcome.next_offset {
+                tracing::warn!(
+                    log = %id,
+                    segment = bases[current + 1],
+                    expected = outcome.next_offset,
+                    "segment does not continue the log; dropping it and later segments"
+                );
+                end_here = true;
             }
-            // The index prefix the checkpoint vouches for (by count and CRC).
-            let paths = SegmentPaths::new(&dir, bases[k]);
-            let index_prefix = verified_prefix(
-                &paths.index,
-                rp.index_entries as usize * INDEX_ENTRY_BYTES,
-                rp.index_crc,
-            )
-            .and_then(|b| decode_index(&b, rp.position.max(1)));
-            let time_prefix = verified_prefix(
-                &paths.time_index,
-                rp.time_entries as usize * TIME_ENTRY_BYTES,
-                rp.time_crc,
-            )
-            .and_then(|b| decode_time_index(&b));
-            let mut indexes = match (index_prefix, time_prefix) {
-                (Some(index), Some(time)) => {
-                    SegmentIndexes::from_entries(bases[k], interval, index, time, 0)
+            if end_here {
+                for (base, size) in bases.iter().zip(&sizes).skip(current + 1) {
+                    tracing::warn!(log = %id, segment = base, bytes = size, "deleting segment after the recovered end");
+                    let doomed = SegmentPaths::new(&dir, *base);
+                    for path in [&doomed.log, &doomed.index, &doomed.time_index] {
+                        remove_file_if_exists(path)?;
+                    }
+                    changed = true;
                 }
-                _ => SegmentIndexes::new(bases[k], interval),
-            };
-            // Resume at the last trusted index entry (re-reading that batch keeps the
-            // index-interval accounting exactly as the appender had it).
-            let (mut start_pos, mut expected) = indexes.index.last().map_or((0, bases[k]), |e| {
-                (e.position as u64, bases[k] + e.rel_offset as i64)
-            });
-            indexes.bytes_since_entry = 0;
-            let mut crc_from = rp.position;
-            let mut current = k;
-            let mut scanned_epochs = Vec::new();
-            loop {
-                let paths = SegmentPaths::new(&dir, bases[current]);
-                let file = open_rw(&paths.log, false)?;
-                let outcome: ScanOutcome = scan_segment(
-                    &file,
-                    sizes[current],
-                    start_pos,
-                    expected,
-                    crc_from,
-                    |h, pos| {
-                        indexes.observe(h, pos, h.total_bytes() as u64);
-                        scanned_epochs.push((h.partition_leader_epoch, h.base_offset));
-                    },
-                )
-                .at(&paths.log)?;
-                let mut end_here = false;
-                if let Some(why) = &outcome.invalid {
-                    tracing::warn!(
-                        log = %id,
-                        segment = bases[current],
-                        position = outcome.valid_end,
-                        "truncating torn or corrupt log tail: {why}"
-                    );
-                    file.set_len(outcome.valid_end).at(&paths.log)?;
-                    sizes[current] = outcome.valid_end;
-                    end_here = true;
-                } else if current == last {
-                    end_here = true;
-                } else if bases[current + 1] != outcome.next_offset {
-                    tracing::warn!(
-                        log = %id,
-                        segment = bases[current + 1],
-                        expected = outcome.next_offset,
-                        "segment does not continue the log; dropping it and later segments"
-                    );
-                    end_here = true;
-                }
-                if end_here {
-                    for (base, size) in bases.iter().zip(&sizes).skip(current + 1) {
-                        tracing::warn!(log = %id, segment = base, bytes = size, "deleting segment after the recovered end");
-                        let drop_paths = SegmentPaths::new(&dir, *base);
-                        for path in [&drop_paths.log, &drop_paths.index, &drop_paths.time_index] {
-                            remove_file_if_exists(path)?;
+                let size = sizes[current];
+                let base = bases[current];
+                let created = first_batch_time(&file, size);
+                let unchanged_prefix = current == k
+                    && trusted_prefix
+                    && prefix_counts == (indexes.index.len(), indexes.time.len());
+                let (index_crc, time_crc) = if unchanged_prefix {
+                    // The files already hold exactly these entries: only cut stale tails.
+                    for (path, len) in [
+                        (&paths.index, prefix_counts.0 * INDEX_ENTRY_BYTES),
+                        (&paths.time_index, prefix_counts.1 * TIME_ENTRY_BYTES),
+                    ] {
+                        let f = OpenOptions::new()
+                            .write(true)
+                            .create(true)
+                            .truncate(false)
+                            .open(path)
+                            .at(path)?;
+                        if f.metadata().at(path)?.len() != len as u64 {
+                            f.set_len(len as u64).at(path)?;
                         }
                     }
-                    bases.truncate(current + 1);
-                    sizes.truncate(current + 1);
-                    let (index_crc, time_crc) = write_index_files(&paths, &indexes)?;
-                    let size = sizes[current];
-                    let created = first_batch_time(&file, size);
-                    let base = bases[current];
-                    let mut a =
-                        ActiveSegment::new(base, paths, Arc::new(file), size, created, indexes);
-                    a.index_persisted = a.indexes.index.len();
-                    a.time_persisted = a.indexes.time.len();
-                    a.index_crc = index_crc;
-                    a.time_crc = time_crc;
-                    active = a;
-                    log_end = outcome.next_offset;
-                    break;
-                }
-                // A complete segment followed by the next: close it with full indexes.
-                indexes.push_time_entry();
-                write_index_files(&paths, &indexes)?;
-                let seg = Arc::new(ClosedSegment::new(
-                    bases[current],
-                    sizes[current],
-                    paths,
-                    Some(indexes.max_timestamp),
-                ));
-                unsynced_closed.push(seg.clone());
-                closed.push(seg);
-                current += 1;
-                indexes = SegmentIndexes::new(bases[current], interval);
-                start_pos = 0;
-                expected = bases[current];
-                crc_from = 0;
+                    (rp.index_crc, rp.time_crc)
+                } else {
+                    write_index_files(&paths, &indexes)?
+                };
+                let mut active =
+                    ActiveSegment::new(base, paths, Arc::new(file), size, created, indexes);
+                active.index_persisted = active.indexes.index.len();
+                active.time_persisted = active.indexes.time.len();
+                active.index_crc = index_crc;
+                active.time_crc = time_crc;
+                break (active, outcome.next_offset);
             }
-            for (epoch, offset) in scanned_epochs {
-                meta_changed |= note_epoch(&mut epochs, epoch, offset);
-            }
-            recovery = if rp.log_end <= log_end && rp.segment_base <= active.base {
-                rp
-            } else {
-                RecoveryPoint::segment_start(closed.first().map_or(active.base, |s| s.base))
+            // A complete segment followed by the next one: close it with full indexes.
+            indexes.push_time_entry();
+            write_index_files(&paths, &indexes)?;
+            let seg = Arc::new(ClosedSegment::new(
+                bases[current],
+                sizes[current],
+                paths,
+                Some(indexes.max_timestamp),
+            ));
+            unsynced_closed.push(seg.clone());
+            closed.push(seg);
+            changed = true;
+            current += 1;
+            indexes = SegmentIndexes::new(bases[current], interval);
+            start_pos = 0;
+            expected = bases[current];
+            crc_from = 0;
+        };
+        for (epoch, offset) in scanned_epochs {
+            meta_changed |= note_epoch(&mut epochs, epoch, offset);
+        }
+        changed |= log_end != rp.log_end || active.size != rp.position;
+        let mut recovery = if rp.log_end <= log_end && rp.segment_base <= active.base {
+            rp
+        } else {
+            RecoveryPoint::segment_start(closed.first().map_or(active.base, |s| s.base))
+        };
+        if recovery.segment_base == active.base {
+            // Vouch only for the index entries below the durable position.
+            let (index_entries, index_crc, time_entries, time_crc) =
+                index_prefix_before(&active.indexes, recovery.position);
+            recovery = RecoveryPoint {
+                index_entries,
+                index_crc,
+                time_entries,
+                time_crc,
+                ..recovery
             };
-            dirty = true;
         }
         // The epoch history never runs past the log.
         let before = epochs.len();
@@ -1883,6 +1921,9 @@ impl PartitionLog {
         meta_changed |= epochs.len() != before;
         let first_base = closed.first().map_or(active.base, |s| s.base);
         let log_start = meta_log_start.max(first_base).min(log_end);
+        // A start offset past the recovered end is settled after journal replay, which may
+        // bring the log back up to it.
+        let pending_log_start = (meta_log_start > log_start).then_some(meta_log_start);
         let size_bytes = closed.iter().map(|s| s.size).sum::<u64>() + active.size;
         let state = LogState {
             log_start,
@@ -1895,15 +1936,24 @@ impl PartitionLog {
             recovery,
             unsynced_closed,
             dir_generation: 1,
-            dir_synced_generation: if dirty { 0 } else { 1 },
+            dir_synced_generation: if changed { 0 } else { 1 },
+            pending_log_start,
         };
-        let log =
-            PartitionLog::assemble(store, id, dir, incarnation, config, state, meta.is_some());
-        if meta_changed {
+        let log = PartitionLog::assemble(
+            store,
+            id,
+            dir,
+            (incarnation, meta.is_some()),
+            config,
+            state,
+            meta.is_some(),
+        );
+        // Without meta.json the incarnation is settled after journal replay.
+        if meta_changed && meta.is_some() {
             log.write_meta()?;
-            log.created_durable.store(true, Ordering::Release);
         }
-        if dirty {
+        if changed {
+            // The next checkpoint flushes what recovery changed.
             log.unflushed_bytes.store(1, Ordering::Release);
             log.dirty_since_ms.store(now_ms(), Ordering::Release);
         }
@@ -1916,8 +1966,31 @@ impl PartitionLog {
     }
 }
 
+/// The index entries of a segment that describe data before `position`, as counts and
+/// CRCs of their encodings: offset entries at positions below it, and the time entries
+/// recorded up to the last of those (each time entry is recorded together with an offset
+/// entry, so the two prefixes are a consistent snapshot).
+fn index_prefix_before(indexes: &SegmentIndexes, position: u64) -> (u64, u32, u64, u32) {
+    let index_count = indexes
+        .index
+        .partition_point(|e| (e.position as u64) < position);
+    let time_count = match index_count.checked_sub(1) {
+        Some(last) => {
+            let last_rel = indexes.index[last].rel_offset;
+            indexes.time.partition_point(|t| t.rel_offset <= last_rel)
+        }
+        None => 0,
+    };
+    let index_crc = crc32c::crc32c(&encode_index(&indexes.index[..index_count]));
+    let time_crc = crc32c::crc32c(&encode_time_index(&indexes.time[..time_count]));
+    (index_count as u64, index_crc, time_count as u64, time_crc)
+}
+
 /// The first `len` bytes of `path` if their CRC32C is `crc`.
 fn verified_prefix(path: &Path, len: usize, crc: u32) -> Option<Vec<u8>> {
+    if len == 0 {
+        return Some(Vec::new());
+    }
     let file = File::open(path).ok()?;
     let mut bytes = vec![0u8; len];
     file.read_exact_at(&mut bytes, 0).ok()?;
@@ -1940,7 +2013,6 @@ struct FlushSnapshot {
     time_persisted: usize,
     index_crc: u32,
     time_crc: u32,
-    final_time_entry: Option<Option<TimeEntry>>,
     epochs_dirty: bool,
     recovery: RecoveryPoint,
 }

@@ -19,10 +19,14 @@
 //! recovery point (the flushed end) and the journal position read before the flushes,
 //! then deletes journal files wholly before that position.
 //!
-//! `Store::open` recovers: after a clean shutdown (the checkpoint says so and the files
-//! match it) nothing is scanned; after a crash each log is scanned only from its recovery
-//! point (torn tail truncated, CRCs verified, indexes rebuilt for the scanned part), then
-//! the journal is replayed from the checkpoint's position into the logs.
+//! `Store::open` recovers: each log is walked from its recovery point (torn tail
+//! truncated, CRCs verified, indexes rebuilt for the walked part; after a clean shutdown
+//! that is only a short tail), then the journal is replayed from the checkpoint's position
+//! into the logs, re-creating logs whose directory was lost and honouring removals. The
+//! clean-shutdown flag written by [`Store::shutdown`] is reset at open, so a later crash is
+//! never mistaken for a clean stop.
+//!
+//! A data directory must be used by one process at a time (there is no lock file yet).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -36,7 +40,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil::{fsync_dir, now_ms, remove_file_if_exists, write_atomic, IoContext};
-use crate::journal::{self, Journal, JOURNAL_DIR};
+use crate::journal::{self, EntryKind, Journal, JOURNAL_DIR};
 use crate::log::RecoveryPoint;
 use crate::{LogConfig, PartitionLog, Result, StorageError};
 
@@ -46,6 +50,8 @@ const CHECKPOINT_FILE: &str = "checkpoint.json";
 const CHECKPOINT_VERSION: u32 = 1;
 /// Suffix of a log directory being deleted.
 const DELETED_SUFFIX: &str = ".deleted";
+/// Journal segments written since the last checkpoint that trigger the next one early.
+const JOURNAL_SEGMENTS_PER_CHECKPOINT: u64 = 4;
 /// How often the flusher looks for due flushes when nothing wakes it earlier.
 const FLUSHER_TICK_MS: u64 = 50;
 /// Most closed-segment files kept open at once across all logs.
@@ -197,9 +203,15 @@ pub(crate) struct StoreShared {
     decompressor: RwLock<Option<Decompressor>>,
     /// Serializes checkpoints.
     checkpoint_lock: Mutex<()>,
+    /// Bumped for every log directory created; the generation last made durable.
+    data_dir_generation: std::sync::atomic::AtomicU64,
+    data_dir_synced: Mutex<u64>,
     /// Test seam: for every file, the length known to be on stable storage.
     #[cfg(test)]
     synced: Mutex<HashMap<PathBuf, u64>>,
+    /// Test seam: bytes of segment data walked by recovery.
+    #[cfg(test)]
+    recovery_scanned_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for StoreShared {
@@ -220,9 +232,6 @@ impl StoreShared {
     pub(crate) fn log_dir(&self, id: &LogId) -> PathBuf {
         self.config.data_dir.join(id.to_string())
     }
-    pub(crate) fn data_dir(&self) -> &Path {
-        &self.config.data_dir
-    }
     pub(crate) fn journal(&self) -> &Journal {
         &self.journal
     }
@@ -242,6 +251,32 @@ impl StoreShared {
         let decompressor = self.decompressor.read().clone()?;
         decompressor(codec, bytes)
     }
+    /// Notes that a log directory was created in the data directory.
+    pub(crate) fn note_log_dir_created(&self) {
+        self.data_dir_generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// fsyncs the data directory if log directories were created since the last time, so
+    /// that one fsync covers every log created meanwhile.
+    pub(crate) fn sync_data_dir(&self) -> Result<()> {
+        let mut synced = self.data_dir_synced.lock();
+        let generation = self.data_dir_generation.load(Ordering::Acquire);
+        if *synced < generation {
+            fsync_dir(&self.config.data_dir)?;
+            *synced = generation;
+        }
+        Ok(())
+    }
+
+    /// Counts bytes of segment data walked by recovery (test seam).
+    pub(crate) fn note_recovery_scan(&self, bytes: u64) {
+        #[cfg(test)]
+        self.recovery_scanned_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
+        #[cfg(not(test))]
+        let _ = bytes;
+    }
+
     /// Records that the first `len` bytes of `path` are on stable storage (test seam).
     pub(crate) fn note_synced(&self, path: &Path, len: u64) {
         #[cfg(test)]
@@ -363,8 +398,12 @@ impl Store {
             flusher_wake: Condvar::new(),
             decompressor: RwLock::new(None),
             checkpoint_lock: Mutex::new(()),
+            data_dir_generation: std::sync::atomic::AtomicU64::new(0),
+            data_dir_synced: Mutex::new(0),
             #[cfg(test)]
             synced: Mutex::new(HashMap::new()),
+            #[cfg(test)]
+            recovery_scanned_bytes: std::sync::atomic::AtomicU64::new(0),
         });
         let registry = Arc::new(Registry::default());
         let points: HashMap<&str, (u64, RecoveryPoint)> = checkpoint
@@ -400,30 +439,68 @@ impl Store {
                 shared.clone(),
                 id.clone(),
                 points.get(name.as_str()).copied(),
-                clean,
                 LogConfig::default(),
             )?;
             registry.logs.write().insert(id, Arc::new(log));
         }
 
-        // Replay Sync appends that the logs may have lost.
+        // Redo what happened to Sync logs since the checkpoint, in order: appends the logs
+        // may have lost, logs whose creation did not reach the disk, removals.
         let mut replayed = 0usize;
-        let logs_by_name: HashMap<String, Arc<PartitionLog>> = registry
+        let mut by_name: HashMap<String, Arc<PartitionLog>> = registry
             .all()
             .into_iter()
             .map(|log| (log.id().to_string(), log))
             .collect();
+        let mut adopted: HashMap<String, u64> = HashMap::new();
         journal::replay(&journal_dir, journal_start, journal_end, |entry| {
-            let name = format!("{}-{}", entry.topic, entry.partition);
-            match logs_by_name.get(&name) {
-                Some(log) if log.incarnation() == entry.incarnation => {
-                    replayed += log.replay_entry(entry.base_offset, &entry.batches)?;
+            let id = LogId {
+                topic: entry.topic.clone(),
+                partition: entry.partition,
+            };
+            let name = id.to_string();
+            let log = match by_name.get(&name) {
+                Some(log) => log.clone(),
+                None if entry.kind == EntryKind::Append && id.validate().is_ok() => {
+                    tracing::warn!(log = %id, "re-creating a log from its journal entries");
+                    let log = Arc::new(PartitionLog::create(
+                        shared.clone(),
+                        id.clone(),
+                        LogConfig::default(),
+                        Some(entry.incarnation),
+                    )?);
+                    registry.logs.write().insert(id.clone(), log.clone());
+                    by_name.insert(name.clone(), log.clone());
+                    log
                 }
-                // A log removed (or removed and re-created) since: its entries are void.
-                _ => {}
+                None => return Ok(()),
+            };
+            // A log that lost its meta.json takes the incarnation its entries name.
+            if !log.incarnation_known() {
+                let first = *adopted.entry(name.clone()).or_insert(entry.incarnation);
+                if first != entry.incarnation {
+                    return Ok(());
+                }
+            } else if log.incarnation() != entry.incarnation {
+                // Entries of an earlier log of the same name: void.
+                return Ok(());
+            }
+            match entry.kind {
+                EntryKind::Append => {
+                    replayed += log.replay_entry(entry.base_offset, &entry.batches)?
+                }
+                EntryKind::Remove => {
+                    registry.logs.write().remove(&id);
+                    by_name.remove(&name);
+                    adopted.remove(&name);
+                    delete_log_dir(&shared, &log)?;
+                }
             }
             Ok(())
         })?;
+        for log in registry.all() {
+            log.finish_recovery(adopted.get(&log.id().to_string()).copied())?;
+        }
 
         let store = Arc::new(Store {
             shared,
@@ -494,6 +571,7 @@ impl Store {
             self.shared.clone(),
             id.clone(),
             config,
+            None,
         )?);
         logs.insert(id.clone(), log.clone());
         Ok(log)
@@ -513,22 +591,18 @@ impl Store {
             .remove(id)
             .ok_or_else(|| StorageError::UnknownLog(id.to_string()))?;
         log.mark_removed();
-        for path in log.closed_paths() {
-            self.shared.files.evict(&path);
-        }
-        let dir = log.dir().to_path_buf();
-        self.shared.files.evict_dir(&dir);
-        // Rename first so that a crash mid-delete leaves a directory that the next open
-        // finishes deleting rather than a half-deleted log.
-        let doomed = self.shared.config.data_dir.join(format!(
-            "{}.{}{DELETED_SUFFIX}",
-            id,
-            log.incarnation()
-        ));
-        std::fs::rename(&dir, &doomed).at(&dir)?;
-        fsync_dir(&self.shared.config.data_dir)?;
-        std::fs::remove_dir_all(&doomed).at(&doomed)?;
-        Ok(())
+        // Journal the removal before deleting anything, so that replaying older entries
+        // of this log after a crash cannot bring it back.
+        let position = self.shared.journal.append(
+            EntryKind::Remove,
+            &id.topic,
+            id.partition,
+            log.incarnation(),
+            0,
+            &[],
+        )?;
+        self.shared.journal.wait_durable(position)?;
+        delete_log_dir(&self.shared, &log)
     }
 
     /// Installs the decompressor used for exact timestamp lookups in compressed batches.
@@ -541,7 +615,7 @@ impl Store {
         if self.shared.is_shut_down() {
             return Err(StorageError::ShutDown);
         }
-        checkpoint_now(&self.shared, &self.registry, false)
+        checkpoint_now(&self.shared, &self.registry, false).map(|_| ())
     }
 
     /// Flushes every log, writes a clean-shutdown checkpoint and stops background threads.
@@ -562,7 +636,7 @@ impl Store {
         } else {
             tracing::info!(data_dir = %self.shared.config.data_dir.display(), "storage shut down cleanly");
         }
-        result
+        result.map(|_| ())
     }
 
     fn stop_flusher(&self) {
@@ -578,6 +652,12 @@ impl Store {
                 tracing::error!("a storage thread panicked");
             }
         }
+    }
+
+    /// Test seam: bytes of segment data walked by recovery in `open`.
+    #[cfg(test)]
+    pub(crate) fn recovery_scanned_bytes(&self) -> u64 {
+        self.shared.recovery_scanned_bytes.load(Ordering::Relaxed)
     }
 
     /// Test seam: the store's cache of open segment files.
@@ -607,11 +687,35 @@ impl Drop for Store {
     }
 }
 
+/// Deletes a removed log's directory: renamed first (durably), so that a crash
+/// mid-delete leaves a directory the next open finishes deleting rather than half a log.
+fn delete_log_dir(shared: &StoreShared, log: &PartitionLog) -> Result<()> {
+    for path in log.closed_paths() {
+        shared.files.evict(&path);
+    }
+    let dir = log.dir().to_path_buf();
+    shared.files.evict_dir(&dir);
+    let doomed = shared.config.data_dir.join(format!(
+        "{}.{}{DELETED_SUFFIX}",
+        log.id(),
+        log.incarnation()
+    ));
+    std::fs::rename(&dir, &doomed).at(&dir)?;
+    fsync_dir(&shared.config.data_dir)?;
+    std::fs::remove_dir_all(&doomed).at(&doomed)
+}
+
 /// The flusher thread: flushes `Async` logs whose interval or size is due, and writes a
 /// checkpoint every `checkpoint_interval_ms`.
 fn flusher_loop(shared: &StoreShared, registry: &Registry) {
     let interval = shared.config.checkpoint_interval_ms.max(1) as i64;
     let mut next_checkpoint = now_ms() + interval;
+    // A busy journal also triggers a checkpoint, bounding its size and the replay time.
+    let journal_bytes_max = shared
+        .config
+        .journal_segment_bytes_max
+        .saturating_mul(JOURNAL_SEGMENTS_PER_CHECKPOINT);
+    let mut checkpointed_position = shared.journal.written();
     loop {
         {
             let mut signal = shared.flusher.lock();
@@ -638,9 +742,15 @@ fn flusher_loop(shared: &StoreShared, registry: &Registry) {
                 tracing::warn!(log = %log.id(), "flush failed: {e}");
             }
         }
-        if now >= next_checkpoint {
-            if let Err(e) = checkpoint_now(shared, registry, false) {
-                tracing::error!("checkpoint failed: {e}");
+        let journal_full = shared
+            .journal
+            .written()
+            .saturating_sub(checkpointed_position)
+            >= journal_bytes_max;
+        if now >= next_checkpoint || journal_full {
+            match checkpoint_now(shared, registry, false) {
+                Ok(position) => checkpointed_position = position,
+                Err(e) => tracing::error!("checkpoint failed: {e}"),
             }
             next_checkpoint = now_ms() + interval;
         }
@@ -649,15 +759,19 @@ fn flusher_loop(shared: &StoreShared, registry: &Registry) {
 
 /// Flushes every log and atomically writes the checkpoint, then deletes journal files
 /// that it makes unnecessary.
-fn checkpoint_now(shared: &StoreShared, registry: &Registry, clean: bool) -> Result<()> {
+/// Returns the journal position it recorded.
+fn checkpoint_now(shared: &StoreShared, registry: &Registry, clean: bool) -> Result<u64> {
     let _checkpoint = shared.checkpoint_lock.lock();
     // Read the journal position first: each entry before it was written to its log
     // before it was journaled, so the flushes below cover it.
     let journal_position = shared.journal.written();
     let mut logs = Vec::new();
     for log in registry.all() {
-        let point = if clean || log.is_dirty() {
-            log.flush_inner(clean)?
+        // An append that journaled before `journal_position` may still be publishing:
+        // let it finish so that the flush below sees (and covers) it.
+        log.quiesce();
+        let point = if log.is_dirty() {
+            log.flush_inner()?
         } else {
             log.recovery_point()
         };
@@ -677,7 +791,8 @@ fn checkpoint_now(shared: &StoreShared, registry: &Registry, clean: bool) -> Res
     let path = shared.config.data_dir.join(CHECKPOINT_FILE);
     write_atomic(&path, &bytes)?;
     shared.note_synced(&path, bytes.len() as u64);
-    shared.journal.delete_before(journal_position)
+    shared.journal.delete_before(journal_position)?;
+    Ok(journal_position)
 }
 
 #[cfg(test)]

@@ -151,6 +151,13 @@ fn reopen_after_clean_shutdown_keeps_everything() {
         (read_all(&log), read_all(&sync))
     };
     let store = open_store(dir.path());
+    // Fast restart: per log, recovery walks at most the data after the last index entry.
+    let walk_max = 2 * (256 + make_batch(3, 50, 0).len() as u64);
+    assert!(
+        store.recovery_scanned_bytes() <= walk_max,
+        "scanned {}",
+        store.recovery_scanned_bytes()
+    );
     assert_eq!(store.log_ids(), vec![id("s", 0), id("t", 0)]);
     let log = store
         .open_log(&id("t", 0), small_config(ASYNC))
@@ -592,4 +599,218 @@ fn torn_tail_is_truncated_and_never_served() {
     assert_eq!(read_all(&log).len(), 4);
     let header = BatchHeader::parse(&read_all(&log)[3].1).expect("header");
     assert_eq!(header.base_offset, 6);
+}
+
+/// Not a timed test: run by hand (`cargo test -p ferry-storage --release -- --ignored
+/// --nocapture group_commit_smoke`) to see that Sync appends across many partitions
+/// share fsyncs.
+#[test]
+#[ignore]
+fn group_commit_smoke() {
+    const PARTITIONS: u32 = 1000;
+    const PRODUCERS: usize = 8;
+    const APPENDS_PER_PRODUCER: usize = 2000;
+    const IN_FLIGHT_MAX: usize = 64;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(dir.path());
+    let create_started = std::time::Instant::now();
+    let logs: Vec<_> = (0..PARTITIONS)
+        .map(|p| {
+            store
+                .open_log(
+                    &id("bench", p),
+                    LogConfig {
+                        flush: FlushPolicy::Sync,
+                        ..LogConfig::default()
+                    },
+                )
+                .expect("log")
+        })
+        .collect();
+    println!(
+        "created {PARTITIONS} Sync logs in {:?}",
+        create_started.elapsed()
+    );
+    let logs = std::sync::Arc::new(logs);
+    let batch = make_batch(10, 100, 0);
+    let started = std::time::Instant::now();
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|t| {
+            let logs = logs.clone();
+            let batch = batch.clone();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .expect("runtime");
+                let mut pending = std::collections::VecDeque::new();
+                for i in 0..APPENDS_PER_PRODUCER {
+                    let log = &logs[(t * 7919 + i * 31) % logs.len()];
+                    pending.push_back(log.append(batch.clone(), 0, 0).expect("append").durable);
+                    if pending.len() >= IN_FLIGHT_MAX {
+                        runtime
+                            .block_on(pending.pop_front().expect("pending").wait())
+                            .expect("durable");
+                    }
+                }
+                for durable in pending {
+                    runtime.block_on(durable.wait()).expect("durable");
+                }
+            })
+        })
+        .collect();
+    for producer in producers {
+        producer.join().expect("producer");
+    }
+    let elapsed = started.elapsed();
+    let appends = PRODUCERS * APPENDS_PER_PRODUCER;
+    println!(
+        "{appends} durable appends of {} bytes to {PARTITIONS} partitions in {elapsed:?}: {:.0} appends/s, {:.1} MB/s",
+        batch.len(),
+        appends as f64 / elapsed.as_secs_f64(),
+        (appends * batch.len()) as f64 / elapsed.as_secs_f64() / 1e6
+    );
+    let shutdown_started = std::time::Instant::now();
+    store.shutdown().expect("shutdown");
+    println!(
+        "shutdown (flushing {PARTITIONS} new logs): {:?}",
+        shutdown_started.elapsed()
+    );
+    let open_started = std::time::Instant::now();
+    let store = open_store(dir.path());
+    println!(
+        "clean restart with {} logs: {:?}",
+        store.log_ids().len(),
+        open_started.elapsed()
+    );
+    store.shutdown().expect("shutdown");
+}
+
+#[test]
+fn concurrent_appends_and_reads_never_see_partial_batches() {
+    const WRITERS: usize = 4;
+    const APPENDS_PER_WRITER: usize = 300;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(dir.path());
+    let config = LogConfig {
+        retention_bytes: Some(30_000),
+        ..small_config(ASYNC)
+    };
+    let log = store.open_log(&id("c", 0), config).expect("log");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    std::thread::scope(|scope| {
+        for w in 0..WRITERS {
+            let log = log.clone();
+            scope.spawn(move || {
+                for i in 0..APPENDS_PER_WRITER {
+                    log.append(make_batch(1 + (i + w) % 4, 40, i as i64), 0, 0)
+                        .expect("append");
+                }
+            });
+        }
+        for _ in 0..2 {
+            let (log, done) = (log.clone(), done.clone());
+            scope.spawn(move || {
+                let mut reads = 0u64;
+                while !done.load(std::sync::atomic::Ordering::Acquire) || reads == 0 {
+                    let end = log.high_watermark();
+                    let start = log.log_start_offset();
+                    if end > start {
+                        let offset = start + (reads as i64 * 7919) % (end - start);
+                        match log.read(offset, 4096, end) {
+                            Ok(read) => {
+                                let batches = split_batches(&read.records, true)
+                                    .expect("whole CRC-valid batches");
+                                assert!(batches[0].0.base_offset <= offset);
+                                assert!(batches.iter().all(|(h, _)| h.last_offset() < end));
+                            }
+                            // Retention may delete the segment between the bounds and the read.
+                            Err(StorageError::OffsetOutOfRange { .. }) => {}
+                            Err(e) => panic!("read failed: {e}"),
+                        }
+                    }
+                    reads += 1;
+                }
+            });
+        }
+        let (log, done) = (log.clone(), done.clone());
+        scope.spawn(move || {
+            for _ in 0..20 {
+                log.flush().expect("flush");
+                log.enforce_retention(0).expect("retention");
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            done.store(true, std::sync::atomic::Ordering::Release);
+        });
+    });
+    done.store(true, std::sync::atomic::Ordering::Release);
+    let all = read_all(&log);
+    let records: i64 = all.iter().map(|(h, _)| h.record_count as i64).sum();
+    assert_eq!(records, log.log_end_offset() - all[0].0.base_offset);
+    assert!(log.log_start_offset() > 0, "retention ran meanwhile");
+}
+
+#[test]
+fn compressed_batches_use_the_installed_decompressor_for_timestamps() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(dir.path());
+    let log = store
+        .open_log(&id("z", 0), small_config(ASYNC))
+        .expect("log");
+    // A batch marked "gzip" whose records section is really plain: the test decompressor
+    // is the identity, which is enough to tell exact from batch-level answers.
+    let mut batch = make_batch(4, 10, 100).to_vec();
+    batch[22] |= 1;
+    let crc = crc32c::crc32c(&batch[21..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    log.append(Bytes::from(batch), 0, 0).expect("append");
+    // Without a decompressor: the batch's base offset and max timestamp.
+    assert_eq!(
+        log.offset_for_timestamp(102).expect("lookup"),
+        Some((0, 103))
+    );
+    store.set_decompressor(std::sync::Arc::new(|codec, bytes: &[u8]| {
+        (codec == 1).then(|| bytes.to_vec())
+    }));
+    assert_eq!(
+        log.offset_for_timestamp(102).expect("lookup"),
+        Some((2, 102))
+    );
+    assert_eq!(log.max_timestamp().expect("max"), Some((3, 103)));
+}
+
+#[test]
+fn delete_records_into_a_journal_only_batch_survives_a_crash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(dir.path());
+    let log = store
+        .open_log(&id("d", 0), small_config(FlushPolicy::Sync))
+        .expect("log");
+    for _ in 0..3 {
+        wait(
+            log.append(make_batch(2, 10, 0), 0, 0)
+                .expect("append")
+                .durable,
+        )
+        .expect("durable");
+    }
+    // Offset 3 lies inside the second batch (2..=3), which so far is only in the journal.
+    assert_eq!(log.delete_records_before(3).expect("delete"), 3);
+    let synced = store.simulate_crash();
+    let log_file = SegmentPaths::new(log.dir(), 0).log;
+    let keep = synced.get(&log_file).copied().unwrap_or(0);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log_file)
+        .expect("open")
+        .set_len(keep)
+        .expect("truncate");
+    drop((log, store));
+    let store = open_store(dir.path());
+    let log = store
+        .open_log(&id("d", 0), small_config(FlushPolicy::Sync))
+        .expect("log");
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (3, 6));
+    let batches = read_all(&log);
+    assert_eq!(batches[0].0.base_offset, 2);
+    assert_eq!(batches.len(), 2);
 }

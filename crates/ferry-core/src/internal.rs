@@ -13,6 +13,7 @@ use ferry_storage::{Durability, FlushPolicy, LogConfig, LogId, PartitionLog, Sto
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::partition::map_storage;
 use crate::{CoreError, Result};
 
 /// Bytes read per step while replaying.
@@ -20,48 +21,73 @@ const REPLAY_READ_BYTES: u32 = 4 << 20;
 /// Internal logs keep everything (compaction is future work); segments stay small so a
 /// future compaction can drop whole segments.
 const INTERNAL_SEGMENT_BYTES: u64 = 64 << 20;
+/// Largest batch an internal log accepts (a snapshot of many partitions' producer state
+/// is written in batches up to this size).
+pub(crate) const INTERNAL_BATCH_BYTES_MAX: u32 = 16 << 20;
 
 /// One internal state log.
 #[derive(Debug)]
 pub(crate) struct InternalLog {
     log: Arc<PartitionLog>,
+    name: String,
 }
 
 /// One replayed record.
 pub(crate) struct InternalRecord {
     pub key: Bytes,
     pub value: Option<Bytes>,
+    /// Record time (offset expiry in the group coordinator uses it).
+    #[allow(dead_code)]
     pub timestamp_ms: i64,
 }
 
 impl InternalLog {
     /// Opens (creating) the internal log `name` and returns it with all its records.
-    pub fn open(store: &Store, name: &str, flush: FlushPolicy) -> Result<(InternalLog, Vec<InternalRecord>)> {
+    pub fn open(
+        store: &Store,
+        name: &str,
+        flush: FlushPolicy,
+    ) -> Result<(InternalLog, Vec<InternalRecord>)> {
         let config = LogConfig {
             segment_bytes_max: INTERNAL_SEGMENT_BYTES,
             segment_ms_max: i64::MAX as u64,
             retention_ms: None,
             retention_bytes: None,
             flush,
+            batch_bytes_max: INTERNAL_BATCH_BYTES_MAX,
             ..LogConfig::default()
         };
-        let log = store.open_log(&LogId { topic: name.to_string(), partition: 0 }, config)?;
+        let log = store
+            .open_log(
+                &LogId {
+                    topic: name.to_string(),
+                    partition: 0,
+                },
+                config,
+            )
+            .map_err(|e| map_storage(e, name))?;
         let mut records = Vec::new();
         let mut offset = log.log_start_offset();
         let end = log.high_watermark();
         while offset < end {
-            let read = log.read(offset, REPLAY_READ_BYTES, end)?;
+            let read = log
+                .read(offset, REPLAY_READ_BYTES, end)
+                .map_err(|e| map_storage(e, name))?;
             if read.records.is_empty() {
                 break;
             }
-            for (header, batch) in split_batches(&read.records, true)? {
-                for record in decode_records(&batch)? {
+            for (header, batch) in
+                split_batches(&read.records, true).map_err(|e| map_storage(e, name))?
+            {
+                for record in decode_records(&batch).map_err(|e| map_storage(e, name))? {
                     let record_offset = header.base_offset + record.offset_delta as i64;
                     if record_offset < offset {
                         continue;
                     }
                     let key = record.key.ok_or_else(|| {
-                        CoreError::CorruptMessage(format!("{name}: record at {record_offset} has no key"))
+                        CoreError::CorruptMessage(format!(
+                            "{name}: record at {record_offset} has no key"
+                        ))
                     })?;
                     records.push(InternalRecord {
                         key,
@@ -70,10 +96,19 @@ impl InternalLog {
                     });
                 }
             }
-            assert!(read.next_offset > offset, "internal log {name} read did not advance");
+            assert!(
+                read.next_offset > offset,
+                "internal log {name} read did not advance"
+            );
             offset = read.next_offset;
         }
-        Ok((InternalLog { log }, records))
+        Ok((
+            InternalLog {
+                log,
+                name: name.to_string(),
+            },
+            records,
+        ))
     }
 
     /// Appends records (key, value or tombstone) as one batch; the returned
@@ -83,12 +118,35 @@ impl InternalLog {
         for (key, value) in entries {
             builder.push(Some(key), value, Vec::new(), now_ms);
         }
-        Ok(self.log.append(builder.build(), 0, now_ms)?.durable)
+        self.log
+            .append(builder.build(), 0, now_ms)
+            .map(|appended| appended.durable)
+            .map_err(|e| map_storage(e, &self.name))
+    }
+
+    /// Appends records and returns once they are on disk, without a runtime: for the
+    /// synchronous admin paths (topic changes, producer-id blocks), which are rare.
+    pub fn append_durable(&self, entries: Vec<(Bytes, Option<Bytes>)>, now_ms: i64) -> Result<()> {
+        let _durable = self.append(entries, now_ms)?;
+        self.flush()
     }
 
     /// Flushes the log to disk.
     pub fn flush(&self) -> Result<()> {
-        Ok(self.log.flush()?)
+        self.log.flush().map_err(|e| map_storage(e, &self.name))
+    }
+
+    /// Offset the next appended record will get.
+    pub fn log_end_offset(&self) -> i64 {
+        self.log.log_end_offset()
+    }
+
+    /// Drops records before `offset` (whole segments below it are deleted): used once a
+    /// newer full snapshot supersedes them.
+    pub fn delete_before(&self, offset: i64) -> Result<i64> {
+        self.log
+            .delete_records_before(offset)
+            .map_err(|e| map_storage(e, &self.name))
     }
 }
 
@@ -99,7 +157,8 @@ pub(crate) fn to_json<T: Serialize>(value: &T) -> Bytes {
 
 /// Decodes JSON bytes of an internal record.
 pub(crate) fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| CoreError::CorruptMessage(format!("internal record: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| CoreError::CorruptMessage(format!("internal record: {e}")))
 }
 
 /// Milliseconds since the Unix epoch.

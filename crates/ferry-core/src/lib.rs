@@ -15,18 +15,22 @@ mod config;
 mod error;
 pub mod group;
 mod internal;
+mod metadata;
 mod partition;
 mod producer;
 mod topic;
 
 pub use broker::{
     Acks, Broker, BrokerConfig, FetchPartition, FetchedPartition, OffsetSpec, PartitionOffsets,
-    ProduceResult,
+    ProduceResult, DEFAULT_RETENTION_CHECK_INTERVAL_MS, PARTITIONS_PER_TOPIC_MAX,
 };
-pub use config::{ConfigEntry, ConfigOp, ConfigSource, TopicConfig};
+pub use config::{
+    CleanupPolicy, CompressionType, ConfigEntry, ConfigOp, ConfigSource, FlushMode, TimestampType,
+    TopicConfig,
+};
 pub use error::CoreError;
 pub use group::{GroupCoordinator, GroupSettings};
-pub use topic::TopicInfo;
+pub use topic::{is_internal_name, validate_topic_name, TopicInfo, TOPIC_NAME_LEN_MAX};
 
 /// Result type of this crate.
 pub type Result<T, E = CoreError> = std::result::Result<T, E>;

@@ -1,1 +1,0 @@
-//! A small Kafka client for the command-line tools.

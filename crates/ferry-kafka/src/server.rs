@@ -1,1 +1,0 @@
-//! The Kafka listener: connections, framing, dispatch.

@@ -1,0 +1,835 @@
+//! Configuration of `ferry serve`.
+//!
+//! Four layers, each overriding the one before: built-in defaults, a TOML file
+//! (`--config FILE` or `FERRY_CONFIG`; none is needed), `FERRY_*` environment variables,
+//! and command-line flags. Every layer is a [`Layer`] (all keys optional); [`Settings`]
+//! is the resolved, validated result.
+//!
+//! A complete file, every key with its default:
+//!
+//! ```toml
+//! # Directory holding every log, index and Ferry's internal state.
+//! data_dir = "./ferry-data"
+//! # This node's id; 0 on a single node.
+//! node_id = 0
+//! # tracing filter: a level (error, warn, info, debug, trace) or directives such as
+//! # "info,ferry_storage=debug". When no layer sets it, RUST_LOG applies, then "info".
+//! log_level = "info"
+//! # Create a topic on its first produce or metadata request.
+//! auto_create_topics = true
+//! # Partitions of auto-created topics and of CreateTopics without a count.
+//! default_partitions = 1
+//! # How often retention deletes expired segments, in milliseconds.
+//! retention_check_interval_ms = 300000
+//!
+//! [kafka]
+//! # Serve the Kafka protocol.
+//! enabled = true
+//! # Address to listen on.
+//! listen = "0.0.0.0:9092"
+//! # host:port given to clients in Metadata; default: the listen host, or "localhost"
+//! # when the listen host is unspecified (0.0.0.0 or ::), with the listening port.
+//! # advertised = "broker.example.com:9092"
+//! # Largest request accepted, in bytes.
+//! max_request_bytes = 104857600
+//!
+//! # Broker-wide defaults of topic configs, with Kafka's key names; a topic's own
+//! # configs override them. Ferry's own key: flush.mode = "async" | "sync".
+//! [topic_defaults]
+//! # "retention.ms" = 604800000
+//! # "flush.mode" = "async"
+//!
+//! [groups]
+//! # Bounds on the session timeout a consumer may ask for, in milliseconds.
+//! min_session_timeout_ms = 6000
+//! max_session_timeout_ms = 1800000
+//! # Delay of the first rebalance of an empty group, to let members arrive together.
+//! initial_rebalance_delay_ms = 0
+//! # Most members in one group.
+//! max_group_size = 1000
+//! # Committed offsets of an empty group are dropped after this long, in milliseconds.
+//! offsets_retention_ms = 604800000
+//! ```
+//!
+//! Environment variables (a value that does not parse is an error):
+//! `FERRY_CONFIG`, `FERRY_DATA_DIR`, `FERRY_NODE_ID`, `FERRY_LOG_LEVEL`,
+//! `FERRY_AUTO_CREATE_TOPICS`, `FERRY_DEFAULT_PARTITIONS`,
+//! `FERRY_RETENTION_CHECK_INTERVAL_MS`, `FERRY_KAFKA_ENABLED`, `FERRY_KAFKA_LISTEN`,
+//! `FERRY_KAFKA_ADVERTISED`, `FERRY_KAFKA_MAX_REQUEST_BYTES`, `FERRY_FLUSH_MODE`
+//! (sets `topic_defaults."flush.mode"`), `FERRY_GROUP_MIN_SESSION_TIMEOUT_MS`,
+//! `FERRY_GROUP_MAX_SESSION_TIMEOUT_MS`, `FERRY_GROUP_INITIAL_REBALANCE_DELAY_MS`.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ferry_core::{BrokerConfig, GroupSettings, TopicConfig};
+use serde::Deserialize;
+
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "./ferry-data";
+/// Default Kafka listen address.
+pub const DEFAULT_KAFKA_LISTEN: &str = "0.0.0.0:9092";
+/// Default largest Kafka request (Kafka's `socket.request.max.bytes`).
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = ferry_kafka::server::DEFAULT_MAX_REQUEST_BYTES;
+/// Smallest `max_request_bytes` accepted: below this not even metadata requests fit.
+pub const MIN_MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Default retention check interval (Kafka's `log.retention.check.interval.ms`).
+pub const DEFAULT_RETENTION_CHECK_INTERVAL_MS: u64 = 300_000;
+/// Log filter when no layer and no `RUST_LOG` set one.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// Host advertised when the listener binds an unspecified address.
+pub const DEFAULT_ADVERTISED_HOST: &str = "localhost";
+/// Environment variable naming the config file.
+pub const CONFIG_ENV: &str = "FERRY_CONFIG";
+/// Prefix of Ferry's environment variables.
+const ENV_PREFIX: &str = "FERRY_";
+/// Environment variables read by the command-line tools, not by `serve`.
+const CLIENT_ENV_VARS: &[&str] = &["FERRY_BOOTSTRAP"];
+/// Topic config key of Ferry's durability mode.
+pub const FLUSH_MODE_KEY: &str = "flush.mode";
+
+/// A configuration error, described in one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or has unknown keys or wrong types.
+    #[error("config file {path}{location}: {message}")]
+    Parse {
+        path: PathBuf,
+        location: String,
+        message: String,
+    },
+    /// An environment variable does not parse.
+    #[error("environment variable {var}={value:?}: {reason}")]
+    Env {
+        var: String,
+        value: String,
+        reason: String,
+    },
+    /// A setting is out of range or malformed.
+    #[error("{key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+    /// A topic default was rejected by the core's topic config validation.
+    #[error("topic_defaults: {0}")]
+    TopicDefaults(String),
+}
+
+/// A topic config value in the file: TOML strings, integers, floats and booleans are all
+/// accepted and passed on as text.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum TopicValue {
+    /// `"delete"`.
+    Text(String),
+    /// `604800000`.
+    Integer(i64),
+    /// `0.5`.
+    Float(f64),
+    /// `true`.
+    Bool(bool),
+}
+
+impl TopicValue {
+    fn into_text(self) -> String {
+        match self {
+            TopicValue::Text(s) => s,
+            TopicValue::Integer(i) => i.to_string(),
+            TopicValue::Float(f) => f.to_string(),
+            TopicValue::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+/// `[kafka]`: the Kafka listener.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaLayer {
+    /// Serve the Kafka protocol (default true).
+    pub enabled: Option<bool>,
+    /// `host:port` to listen on (default `0.0.0.0:9092`).
+    pub listen: Option<String>,
+    /// `host:port` given to clients (default: see the module docs).
+    pub advertised: Option<String>,
+    /// Largest request accepted, in bytes (default 100 MiB).
+    pub max_request_bytes: Option<usize>,
+}
+
+/// `[groups]`: the group coordinator.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupsLayer {
+    /// Smallest session timeout a member may ask for, in ms.
+    pub min_session_timeout_ms: Option<i32>,
+    /// Largest session timeout a member may ask for, in ms.
+    pub max_session_timeout_ms: Option<i32>,
+    /// Delay of the first rebalance of an empty group, in ms.
+    pub initial_rebalance_delay_ms: Option<u64>,
+    /// Most members in one group.
+    pub max_group_size: Option<usize>,
+    /// Retention of an empty group's committed offsets, in ms.
+    pub offsets_retention_ms: Option<i64>,
+}
+
+/// One configuration layer (file, environment or flags): every key optional.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Layer {
+    /// Data directory.
+    pub data_dir: Option<PathBuf>,
+    /// Node id.
+    pub node_id: Option<i32>,
+    /// tracing filter directives.
+    pub log_level: Option<String>,
+    /// Auto-create topics on first use.
+    pub auto_create_topics: Option<bool>,
+    /// Partitions of auto-created topics.
+    pub default_partitions: Option<u32>,
+    /// Retention check interval, in ms.
+    pub retention_check_interval_ms: Option<u64>,
+    /// The Kafka listener.
+    #[serde(default)]
+    pub kafka: KafkaLayer,
+    /// Broker defaults of topic configs.
+    #[serde(default)]
+    pub topic_defaults: BTreeMap<String, TopicValue>,
+    /// The group coordinator.
+    #[serde(default)]
+    pub groups: GroupsLayer,
+}
+
+impl Layer {
+    /// Parses a config file's text; unknown keys are errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Layer, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let location = e
+                .span()
+                .map(|span| {
+                    let (line, column) = line_column(text, span.start);
+                    format!(", line {line} column {column}")
+                })
+                .unwrap_or_default();
+            ConfigError::Parse {
+                path: path.to_owned(),
+                location,
+                message: e.message().replace('\n', " "),
+            }
+        })
+    }
+
+    /// Reads and parses the config file at `path`.
+    pub fn from_file(path: &Path) -> Result<Layer, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Layer::from_toml(&text, path)
+    }
+
+    /// The layer set by `FERRY_*` variables in `vars`. Also returns the names of
+    /// `FERRY_*` variables it does not know, so that typos can be reported.
+    pub fn from_env(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(Layer, Vec<String>), ConfigError> {
+        let mut layer = Layer::default();
+        let mut unknown = Vec::new();
+        for (var, value) in vars {
+            if !var.starts_with(ENV_PREFIX) {
+                continue;
+            }
+            let bad = |reason: &str| ConfigError::Env {
+                var: var.clone(),
+                value: value.clone(),
+                reason: reason.to_owned(),
+            };
+            match var.as_str() {
+                CONFIG_ENV => {} // read before the file is loaded
+                "FERRY_DATA_DIR" => layer.data_dir = Some(PathBuf::from(&value)),
+                "FERRY_NODE_ID" => layer.node_id = Some(parse_num(&value).map_err(|r| bad(&r))?),
+                "FERRY_LOG_LEVEL" => layer.log_level = Some(value.clone()),
+                "FERRY_AUTO_CREATE_TOPICS" => {
+                    layer.auto_create_topics = Some(parse_bool(&value).map_err(|r| bad(&r))?)
+                }
+                "FERRY_DEFAULT_PARTITIONS" => {
+                    layer.default_partitions = Some(parse_num(&value).map_err(|r| bad(&r))?)
+                }
+                "FERRY_RETENTION_CHECK_INTERVAL_MS" => {
+                    layer.retention_check_interval_ms =
+                        Some(parse_num(&value).map_err(|r| bad(&r))?)
+                }
+                "FERRY_KAFKA_ENABLED" => {
+                    layer.kafka.enabled = Some(parse_bool(&value).map_err(|r| bad(&r))?)
+                }
+                "FERRY_KAFKA_LISTEN" => layer.kafka.listen = Some(value.clone()),
+                "FERRY_KAFKA_ADVERTISED" => layer.kafka.advertised = Some(value.clone()),
+                "FERRY_KAFKA_MAX_REQUEST_BYTES" => {
+                    layer.kafka.max_request_bytes = Some(parse_num(&value).map_err(|r| bad(&r))?)
+                }
+                "FERRY_FLUSH_MODE" => {
+                    layer
+                        .topic_defaults
+                        .insert(FLUSH_MODE_KEY.to_owned(), TopicValue::Text(value.clone()));
+                }
+                "FERRY_GROUP_MIN_SESSION_TIMEOUT_MS" => {
+                    layer.groups.min_session_timeout_ms =
+                        Some(parse_num(&value).map_err(|r| bad(&r))?)
+                }
+                "FERRY_GROUP_MAX_SESSION_TIMEOUT_MS" => {
+                    layer.groups.max_session_timeout_ms =
+                        Some(parse_num(&value).map_err(|r| bad(&r))?)
+                }
+                "FERRY_GROUP_INITIAL_REBALANCE_DELAY_MS" => {
+                    layer.groups.initial_rebalance_delay_ms =
+                        Some(parse_num(&value).map_err(|r| bad(&r))?)
+                }
+                other if CLIENT_ENV_VARS.contains(&other) => {}
+                _ => unknown.push(var.clone()),
+            }
+        }
+        Ok((layer, unknown))
+    }
+
+    /// `self` with every key that `over` sets replaced by `over`'s value.
+    pub fn overlay(mut self, over: Layer) -> Layer {
+        fn take<T>(base: &mut Option<T>, over: Option<T>) {
+            if over.is_some() {
+                *base = over;
+            }
+        }
+        take(&mut self.data_dir, over.data_dir);
+        take(&mut self.node_id, over.node_id);
+        take(&mut self.log_level, over.log_level);
+        take(&mut self.auto_create_topics, over.auto_create_topics);
+        take(&mut self.default_partitions, over.default_partitions);
+        take(
+            &mut self.retention_check_interval_ms,
+            over.retention_check_interval_ms,
+        );
+        take(&mut self.kafka.enabled, over.kafka.enabled);
+        take(&mut self.kafka.listen, over.kafka.listen);
+        take(&mut self.kafka.advertised, over.kafka.advertised);
+        take(
+            &mut self.kafka.max_request_bytes,
+            over.kafka.max_request_bytes,
+        );
+        self.topic_defaults.extend(over.topic_defaults);
+        take(
+            &mut self.groups.min_session_timeout_ms,
+            over.groups.min_session_timeout_ms,
+        );
+        take(
+            &mut self.groups.max_session_timeout_ms,
+            over.groups.max_session_timeout_ms,
+        );
+        take(
+            &mut self.groups.initial_rebalance_delay_ms,
+            over.groups.initial_rebalance_delay_ms,
+        );
+        take(&mut self.groups.max_group_size, over.groups.max_group_size);
+        take(
+            &mut self.groups.offsets_retention_ms,
+            over.groups.offsets_retention_ms,
+        );
+        self
+    }
+}
+
+/// The Kafka listener's resolved settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaSettings {
+    /// Whether to serve Kafka at all.
+    pub enabled: bool,
+    /// Address to bind, as given (`host:port`; the host may be a name).
+    pub listen: String,
+    /// Explicit advertised `(host, port)`, if configured.
+    pub advertised: Option<(String, u16)>,
+    /// Largest request accepted.
+    pub max_request_bytes: usize,
+}
+
+/// Resolved, validated settings of `ferry serve`.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Node id.
+    pub node_id: i32,
+    /// Log filter set by a layer; `None` falls back to `RUST_LOG`, then `info`.
+    pub log_level: Option<String>,
+    /// Auto-create topics.
+    pub auto_create_topics: bool,
+    /// Partitions of auto-created topics.
+    pub default_partitions: u32,
+    /// Retention check interval, in ms.
+    pub retention_check_interval_ms: u64,
+    /// The Kafka listener.
+    pub kafka: KafkaSettings,
+    /// Broker defaults of topic configs, as text.
+    pub topic_defaults: BTreeMap<String, String>,
+    /// Group coordinator settings.
+    pub groups: GroupSettings,
+}
+
+impl Settings {
+    /// Loads every layer: the file (`config_path`, else `FERRY_CONFIG` from `env`), the
+    /// environment `env`, then `flags`. Returns the settings and unknown `FERRY_*` names.
+    pub fn load(
+        config_path: Option<&Path>,
+        env: Vec<(String, String)>,
+        flags: Layer,
+    ) -> Result<(Settings, Vec<String>), ConfigError> {
+        let env_config = env
+            .iter()
+            .find(|(k, _)| k == CONFIG_ENV)
+            .map(|(_, v)| PathBuf::from(v));
+        let file = match config_path.map(Path::to_owned).or(env_config) {
+            Some(path) => Layer::from_file(&path)?,
+            None => Layer::default(),
+        };
+        let (env_layer, unknown) = Layer::from_env(env)?;
+        let settings = Settings::resolve(file.overlay(env_layer).overlay(flags))?;
+        Ok((settings, unknown))
+    }
+
+    /// Fills defaults into `layer` and validates the result.
+    pub fn resolve(layer: Layer) -> Result<Settings, ConfigError> {
+        let group_defaults = GroupSettings::default();
+        let groups = GroupSettings {
+            min_session_timeout_ms: layer
+                .groups
+                .min_session_timeout_ms
+                .unwrap_or(group_defaults.min_session_timeout_ms),
+            max_session_timeout_ms: layer
+                .groups
+                .max_session_timeout_ms
+                .unwrap_or(group_defaults.max_session_timeout_ms),
+            initial_rebalance_delay_ms: layer
+                .groups
+                .initial_rebalance_delay_ms
+                .unwrap_or(group_defaults.initial_rebalance_delay_ms),
+            max_group_size: layer
+                .groups
+                .max_group_size
+                .unwrap_or(group_defaults.max_group_size),
+            offsets_retention_ms: layer
+                .groups
+                .offsets_retention_ms
+                .unwrap_or(group_defaults.offsets_retention_ms),
+        };
+        if groups.min_session_timeout_ms <= 0 {
+            return Err(invalid("groups.min_session_timeout_ms", "must be positive"));
+        }
+        if groups.max_session_timeout_ms < groups.min_session_timeout_ms {
+            return Err(invalid(
+                "groups.max_session_timeout_ms",
+                format!(
+                    "{} is below groups.min_session_timeout_ms {}",
+                    groups.max_session_timeout_ms, groups.min_session_timeout_ms
+                ),
+            ));
+        }
+        if groups.max_group_size == 0 {
+            return Err(invalid("groups.max_group_size", "must be at least 1"));
+        }
+        if groups.offsets_retention_ms <= 0 {
+            return Err(invalid("groups.offsets_retention_ms", "must be positive"));
+        }
+
+        let default_partitions = layer.default_partitions.unwrap_or(1);
+        if default_partitions == 0 {
+            return Err(invalid("default_partitions", "must be at least 1"));
+        }
+        let retention_check_interval_ms = layer
+            .retention_check_interval_ms
+            .unwrap_or(DEFAULT_RETENTION_CHECK_INTERVAL_MS);
+        if retention_check_interval_ms == 0 {
+            return Err(invalid("retention_check_interval_ms", "must be positive"));
+        }
+
+        let listen = layer
+            .kafka
+            .listen
+            .unwrap_or_else(|| DEFAULT_KAFKA_LISTEN.to_owned());
+        split_host_port(&listen).map_err(|reason| invalid("kafka.listen", reason))?;
+        let advertised = match layer.kafka.advertised {
+            Some(a) => {
+                let (host, port) =
+                    split_host_port(&a).map_err(|reason| invalid("kafka.advertised", reason))?;
+                if host.is_empty() || port == 0 {
+                    return Err(invalid(
+                        "kafka.advertised",
+                        format!("{a:?} needs a host and a non-zero port"),
+                    ));
+                }
+                Some((host, port))
+            }
+            None => None,
+        };
+        let max_request_bytes = layer
+            .kafka
+            .max_request_bytes
+            .unwrap_or(DEFAULT_MAX_REQUEST_BYTES);
+        if !(MIN_MAX_REQUEST_BYTES..=i32::MAX as usize).contains(&max_request_bytes) {
+            return Err(invalid(
+                "kafka.max_request_bytes",
+                format!(
+                    "{max_request_bytes} is outside {MIN_MAX_REQUEST_BYTES}..={}",
+                    i32::MAX
+                ),
+            ));
+        }
+
+        if let Some(level) = &layer.log_level {
+            tracing_subscriber::EnvFilter::try_new(level)
+                .map_err(|e| invalid("log_level", format!("{level:?}: {e}")))?;
+        }
+
+        Ok(Settings {
+            data_dir: layer
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            node_id: layer.node_id.unwrap_or(0),
+            log_level: layer.log_level,
+            auto_create_topics: layer.auto_create_topics.unwrap_or(true),
+            default_partitions,
+            retention_check_interval_ms,
+            kafka: KafkaSettings {
+                enabled: layer.kafka.enabled.unwrap_or(true),
+                listen,
+                advertised,
+                max_request_bytes,
+            },
+            topic_defaults: layer
+                .topic_defaults
+                .into_iter()
+                .map(|(k, v)| (k, v.into_text()))
+                .collect(),
+            groups,
+        })
+    }
+
+    /// The core's broker configuration; topic defaults are validated by the core.
+    pub fn broker_config(&self) -> Result<BrokerConfig, ConfigError> {
+        let topic_defaults =
+            TopicConfig::resolve(&TopicConfig::default(), self.topic_defaults.clone())
+                .map_err(|e| ConfigError::TopicDefaults(e.to_string()))?;
+        Ok(BrokerConfig {
+            data_dir: self.data_dir.clone(),
+            node_id: self.node_id,
+            auto_create_topics: self.auto_create_topics,
+            default_partitions: self.default_partitions,
+            topic_defaults,
+            groups: self.groups.clone(),
+            retention_check_interval_ms: self.retention_check_interval_ms,
+        })
+    }
+
+    /// The `(host, port)` to advertise once the listener is bound to `bound`: the
+    /// configured one, else the listen host (or `localhost` if it is unspecified) with
+    /// the bound port (which differs from the configured one when that was 0).
+    pub fn advertised(&self, bound: SocketAddr) -> (String, u16) {
+        if let Some(advertised) = &self.kafka.advertised {
+            return advertised.clone();
+        }
+        let host = split_host_port(&self.kafka.listen)
+            .map(|(host, _)| host)
+            .unwrap_or_default();
+        let unspecified = host.is_empty()
+            || host
+                .parse::<IpAddr>()
+                .map(|ip| ip.is_unspecified())
+                .unwrap_or(false);
+        let host = if unspecified {
+            DEFAULT_ADVERTISED_HOST.to_owned()
+        } else {
+            host
+        };
+        (host, bound.port())
+    }
+}
+
+/// Splits `host:port` (IPv6 hosts in brackets) and checks the port.
+pub fn split_host_port(addr: &str) -> Result<(String, u16), String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{addr:?} is not host:port"))?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.contains(':') && !addr.starts_with('[') {
+        return Err(format!("{addr:?}: write IPv6 addresses as [addr]:port"));
+    }
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("{addr:?} has no valid port"))?;
+    Ok((host.to_owned(), port))
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(value: &str) -> Result<T, String> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| "not a valid number".to_owned())
+}
+
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err("expected true or false".to_owned()),
+    }
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn file(text: &str) -> Layer {
+        Layer::from_toml(text, Path::new("ferry.toml")).expect("valid file")
+    }
+
+    #[test]
+    fn defaults_need_nothing() {
+        let s = Settings::resolve(Layer::default()).expect("defaults");
+        assert_eq!(s.data_dir, PathBuf::from("./ferry-data"));
+        assert_eq!(s.kafka.listen, "0.0.0.0:9092");
+        assert!(s.kafka.enabled);
+        assert!(s.auto_create_topics);
+        assert_eq!(s.default_partitions, 1);
+        assert_eq!(s.node_id, 0);
+        assert_eq!(s.log_level, None);
+        assert!(s.topic_defaults.is_empty());
+        assert_eq!(
+            s.groups.min_session_timeout_ms,
+            GroupSettings::default().min_session_timeout_ms
+        );
+        let bound: SocketAddr = "0.0.0.0:9092".parse().expect("addr");
+        assert_eq!(s.advertised(bound), ("localhost".to_owned(), 9092));
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let f = file(
+            r#"
+            data_dir = "/from/file"
+            default_partitions = 3
+            auto_create_topics = false
+            [kafka]
+            listen = "127.0.0.1:1000"
+            max_request_bytes = 1048576
+            [topic_defaults]
+            "retention.ms" = 1000
+            "flush.mode" = "sync"
+            "cleanup.policy" = "delete"
+            [groups]
+            min_session_timeout_ms = 1000
+            "#,
+        );
+        let (e, unknown) = Layer::from_env(env(&[
+            ("FERRY_DATA_DIR", "/from/env"),
+            ("FERRY_DEFAULT_PARTITIONS", "5"),
+            ("FERRY_FLUSH_MODE", "async"),
+            ("FERRY_KAFKA_LISTEN", "127.0.0.1:2000"),
+            ("FERRY_BOOTSTRAP", "ignored:1"),
+            ("FERRY_DATADIR", "typo"),
+            ("HOME", "/root"),
+        ]))
+        .expect("env");
+        assert_eq!(unknown, vec!["FERRY_DATADIR".to_owned()]);
+        let flags = Layer {
+            data_dir: Some(PathBuf::from("/from/flag")),
+            ..Layer::default()
+        };
+        let s = Settings::resolve(f.overlay(e).overlay(flags)).expect("valid");
+        assert_eq!(s.data_dir, PathBuf::from("/from/flag")); // flag beats env and file
+        assert_eq!(s.default_partitions, 5); // env beats file
+        assert!(!s.auto_create_topics); // file beats default
+        assert_eq!(s.kafka.listen, "127.0.0.1:2000");
+        assert_eq!(s.kafka.max_request_bytes, 1_048_576);
+        assert_eq!(s.groups.min_session_timeout_ms, 1000);
+        assert_eq!(
+            s.topic_defaults.get("flush.mode").map(String::as_str),
+            Some("async")
+        );
+        assert_eq!(
+            s.topic_defaults.get("retention.ms").map(String::as_str),
+            Some("1000")
+        );
+        assert_eq!(
+            s.topic_defaults.get("cleanup.policy").map(String::as_str),
+            Some("delete")
+        );
+        let bound: SocketAddr = "127.0.0.1:2000".parse().expect("addr");
+        assert_eq!(s.advertised(bound), ("127.0.0.1".to_owned(), 2000));
+    }
+
+    #[test]
+    fn load_reads_the_file_named_by_flag_or_env() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ferry.toml");
+        std::fs::write(
+            &path,
+            "node_id = 7\n[kafka]\nadvertised = \"broker:19092\"\n",
+        )
+        .expect("write");
+        let env_only = env(&[("FERRY_CONFIG", path.to_str().expect("utf8"))]);
+        let (s, _) = Settings::load(None, env_only, Layer::default()).expect("load");
+        assert_eq!(s.node_id, 7);
+        let bound: SocketAddr = "0.0.0.0:1".parse().expect("addr");
+        assert_eq!(s.advertised(bound), ("broker".to_owned(), 19092));
+        let flags = Layer {
+            node_id: Some(9),
+            ..Layer::default()
+        };
+        let (s, _) = Settings::load(Some(&path), Vec::new(), flags).expect("load");
+        assert_eq!(s.node_id, 9);
+        let missing = dir.path().join("missing.toml");
+        let err =
+            Settings::load(Some(&missing), Vec::new(), Layer::default()).expect_err("missing");
+        assert!(
+            err.to_string().starts_with("cannot read config file"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_a_location() {
+        let err = Layer::from_toml("data_dir = \"x\"\ndata_dri = \"y\"\n", Path::new("f.toml"))
+            .expect_err("unknown key");
+        let msg = err.to_string();
+        assert!(msg.contains("f.toml, line 2 column 1"), "{msg}");
+        assert!(msg.contains("unknown field `data_dri`"), "{msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+        let err =
+            Layer::from_toml("[kafka]\nport = 1\n", Path::new("f.toml")).expect_err("unknown");
+        assert!(err.to_string().contains("unknown field `port`"), "{err}");
+        let err = Layer::from_toml("default_partitions = \"x\"\n", Path::new("f.toml"))
+            .expect_err("type");
+        assert!(err.to_string().contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        let bad_env =
+            Layer::from_env(env(&[("FERRY_DEFAULT_PARTITIONS", "many")])).expect_err("bad");
+        assert_eq!(
+            bad_env.to_string(),
+            "environment variable FERRY_DEFAULT_PARTITIONS=\"many\": not a valid number"
+        );
+        assert!(Layer::from_env(env(&[("FERRY_AUTO_CREATE_TOPICS", "maybe")])).is_err());
+        let (off, _) = Layer::from_env(env(&[("FERRY_AUTO_CREATE_TOPICS", "no")])).expect("bool");
+        assert_eq!(off.auto_create_topics, Some(false));
+        for (layer, key) in [
+            (
+                Layer {
+                    default_partitions: Some(0),
+                    ..Layer::default()
+                },
+                "default_partitions",
+            ),
+            (
+                Layer {
+                    kafka: KafkaLayer {
+                        listen: Some("9092".into()),
+                        ..KafkaLayer::default()
+                    },
+                    ..Layer::default()
+                },
+                "kafka.listen",
+            ),
+            (
+                Layer {
+                    kafka: KafkaLayer {
+                        advertised: Some("host:0".into()),
+                        ..KafkaLayer::default()
+                    },
+                    ..Layer::default()
+                },
+                "kafka.advertised",
+            ),
+            (
+                Layer {
+                    kafka: KafkaLayer {
+                        max_request_bytes: Some(10),
+                        ..KafkaLayer::default()
+                    },
+                    ..Layer::default()
+                },
+                "kafka.max_request_bytes",
+            ),
+            (
+                Layer {
+                    groups: GroupsLayer {
+                        min_session_timeout_ms: Some(10_000),
+                        max_session_timeout_ms: Some(5_000),
+                        ..GroupsLayer::default()
+                    },
+                    ..Layer::default()
+                },
+                "groups.max_session_timeout_ms",
+            ),
+            (
+                Layer {
+                    log_level: Some("info,=[".into()),
+                    ..Layer::default()
+                },
+                "log_level",
+            ),
+        ] {
+            let err = Settings::resolve(layer).expect_err(key);
+            assert!(err.to_string().starts_with(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn host_port_parsing() {
+        assert_eq!(
+            split_host_port("localhost:9092"),
+            Ok(("localhost".into(), 9092))
+        );
+        assert_eq!(split_host_port("[::1]:9092"), Ok(("::1".into(), 9092)));
+        assert_eq!(split_host_port(":9092"), Ok(("".into(), 9092)));
+        assert!(split_host_port("::1:9092").is_err());
+        assert!(split_host_port("host:99999").is_err());
+        assert!(split_host_port("host").is_err());
+        let s = Settings::resolve(Layer {
+            kafka: KafkaLayer {
+                listen: Some("[::]:0".into()),
+                ..KafkaLayer::default()
+            },
+            ..Layer::default()
+        })
+        .expect("valid");
+        let bound: SocketAddr = "[::]:45678".parse().expect("addr");
+        assert_eq!(s.advertised(bound), ("localhost".to_owned(), 45678));
+    }
+}

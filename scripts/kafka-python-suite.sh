@@ -21,6 +21,10 @@ KAFKA_VERSION_FOR_SUITE="4.0.0"
 SKIPS="$ROOT/tests/interop/kafka_python_suite_skips.txt"
 COMPAT_DOC="$ROOT/docs/compatibility.md"
 SHIM="$ROOT/tests/interop/kafka_python_shim/service.py"
+# The broker settings kafka-python's own test broker runs with (its
+# servers/resources/*/kafka.properties): group.min.session.timeout.ms=1000 (test_group asks
+# for 3 s sessions) and num.partitions=4 (what its fixtures expect of auto-created topics).
+BROKER_ARGS=(--group-min-session-timeout-ms 1000 --default-partitions 4)
 # Seconds the broker may take to listen, and to stop after SIGTERM.
 BROKER_START_TIMEOUT_S=30
 BROKER_STOP_TIMEOUT_S=15
@@ -87,7 +91,7 @@ mkdir -p "$WORK/kafka-root"
 
 PORT="$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 echo "kafka-python-suite: starting $FERRY_BIN on 127.0.0.1:$PORT"
-RUST_LOG="${RUST_LOG:-info}" "$FERRY_BIN" serve --data-dir "$WORK/data" --kafka-listen "127.0.0.1:$PORT" \
+RUST_LOG="${RUST_LOG:-info}" "$FERRY_BIN" serve --data-dir "$WORK/data" --kafka-listen "127.0.0.1:$PORT" "${BROKER_ARGS[@]}" \
   >"$WORK/broker.log" 2>&1 </dev/null &
 BROKER_PID=$!
 "$PYTHON" - "$PORT" "$BROKER_START_TIMEOUT_S" "$BROKER_PID" <<'EOF' || { tail -n 40 "$WORK/broker.log" >&2; die "broker did not start"; }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from typing import Callable, TypeVar
@@ -15,6 +16,9 @@ T = TypeVar("T")
 ADMIN_TIMEOUT_S = 30.0
 # Default bound for a consumer to receive an expected set of messages.
 CONSUME_TIMEOUT_S = 60.0
+# librdkafka's own log lines go through Python logging (served by poll()), so pytest shows
+# them with the test they belong to instead of a client outliving its broker filling stderr.
+CLIENT_LOGGER = logging.getLogger("librdkafka")
 
 
 def unique(prefix: str) -> str:
@@ -40,7 +44,7 @@ def admin(bootstrap: str) -> AdminClient:
     Keep it referenced until its futures resolve: a dropped client destroys its handle and
     fails them with _DESTROY.
     """
-    return AdminClient({"bootstrap.servers": bootstrap})
+    return AdminClient({"bootstrap.servers": bootstrap, "logger": CLIENT_LOGGER})
 
 
 def create_topic(bootstrap: str, name: str, partitions: int = 1, config: dict[str, str] | None = None) -> str:
@@ -91,7 +95,7 @@ def wait_for_partitions(bootstrap: str, topic: str, partitions: int) -> None:
 
 def producer(bootstrap: str, **config) -> Producer:
     """A confluent-kafka Producer with test-friendly bounds."""
-    conf = {"bootstrap.servers": bootstrap, "message.timeout.ms": 30000, "linger.ms": 5}
+    conf = {"bootstrap.servers": bootstrap, "message.timeout.ms": 30000, "linger.ms": 5, "logger": CLIENT_LOGGER}
     conf.update({k.replace("_", "."): v for k, v in config.items()})
     return Producer(conf)
 
@@ -143,6 +147,7 @@ def consumer(bootstrap: str, group: str | None = None, **config) -> Consumer:
         "enable.auto.commit": False,
         "check.crcs": True,
         "enable.partition.eof": False,
+        "logger": CLIENT_LOGGER,
     }
     conf.update({k.replace("_", "."): v for k, v in config.items()})
     return Consumer(conf)

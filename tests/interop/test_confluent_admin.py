@@ -233,6 +233,6 @@ def test_auto_create_off(broker_factory):
     assert errors[0].code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC), errors[0]
     assert topic not in admin(broker.bootstrap).list_topics(timeout=10).topics
 
-    # Explicit creation still works.
+    # Explicit creation still works (a new producer: the old one cached "unknown topic").
     create_topic(broker.bootstrap, topic, partitions=2)
-    assert produce_all(p, topic, [b"now-it-exists"], partition=1)[0].offset() == 0
+    assert produce_all(producer(broker.bootstrap), topic, [b"now-it-exists"], partition=1)[0].offset() == 0

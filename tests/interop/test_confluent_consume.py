@@ -2,7 +2,7 @@
 
 import time
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 
 from helpers import (
     consume_n,
@@ -69,16 +69,21 @@ def test_auto_offset_reset_earliest_vs_latest(bootstrap):
     assert [m.value() for m in consume_n(early, 10)] == old
     early.close()
 
-    late = consumer(bootstrap, auto_offset_reset="latest")
+    late = consumer(bootstrap, auto_offset_reset="latest", enable_partition_eof=True)
     late.subscribe([topic])
-    wait_for_assignment(late, 1)
-
-    # The position resolves to the log end; only then is it safe to produce the new messages.
-    def position_resolved():
-        late.poll(0.1)
-        pos = late.position([TopicPartition(topic, 0)])[0].offset
-        return pos if pos >= 0 else None
-    assert wait_until("latest position", position_resolved, interval_s=0) == 10
+    # Reaching the end of the partition (an EOF event) means "latest" has been resolved to the
+    # log end; only then is it safe to produce the messages it must see. Nothing old may arrive.
+    deadline = time.monotonic() + 60
+    eof_offset = None
+    while eof_offset is None:
+        assert time.monotonic() < deadline, "latest consumer never reached the end of the partition"
+        msg = late.poll(0.2)
+        if msg is None:
+            continue
+        assert msg.error() is not None, f"old message delivered to a 'latest' consumer: {msg.value()}"
+        assert msg.error().code() == KafkaError._PARTITION_EOF, msg.error()
+        eof_offset = msg.offset()
+    assert eof_offset == 10
 
     new = [f"new-{i}".encode() for i in range(3)]
     produce_all(p, topic, new, partition=0)

@@ -23,7 +23,9 @@ CONFLUENT_KAFKA_FALLBACK="confluent-kafka>=2,<3"
 ALL_STEPS=(fmt clippy unit build interop kafka-python)
 # Bound for the whole interop pytest run (each test has its own 120 s bound as well).
 INTEROP_TIMEOUT_S=1800
-export FERRY_BIN="${FERRY_BIN:-$ROOT/target/debug/ferry}"
+# Not exported: the broker reads FERRY_* variables as its configuration (and warns about
+# unknown ones), so this reaches only the test runners that need it.
+FERRY_BIN="${FERRY_BIN:-$ROOT/target/debug/ferry}"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 export DEBIAN_FRONTEND=noninteractive
 
@@ -126,7 +128,8 @@ step_clippy() {
 
 step_unit() {
   begin unit "cargo test --workspace"
-  cargo test --locked --workspace || fail "Rust tests failed"
+  # The CLI tests run the binary, which would read the tooling's FERRY_BIN as its own config.
+  env -u FERRY_BIN -u FERRY_EXTRA_ARGS cargo test --locked --workspace || fail "Rust tests failed"
   done_step
 }
 
@@ -141,14 +144,15 @@ step_interop() {
   begin interop "real-client interop tests (tests/interop)"
   [[ -x "$FERRY_BIN" ]] || fail "no broker binary at $FERRY_BIN (run the build step)"
   (cd "$ROOT/tests/interop" &&
-    timeout --signal=TERM --kill-after=30 "$INTEROP_TIMEOUT_S" "$VENV/bin/python" -m pytest) ||
+    FERRY_BIN="$FERRY_BIN" timeout --signal=TERM --kill-after=30 "$INTEROP_TIMEOUT_S" \
+      "$VENV/bin/python" -m pytest) ||
     fail "interop tests failed"
   done_step
 }
 
 step_kafka_python() {
   begin kafka-python "kafka-python's own integration suite against Ferry"
-  PYTHON="$VENV/bin/python" "$ROOT/scripts/kafka-python-suite.sh" || fail "kafka-python's integration suite failed"
+  PYTHON="$VENV/bin/python" FERRY_BIN="$FERRY_BIN" "$ROOT/scripts/kafka-python-suite.sh" || fail "kafka-python's integration suite failed"
   done_step
 }
 

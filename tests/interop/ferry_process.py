@@ -18,6 +18,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 BROKER_START_TIMEOUT_S = 30.0
 # How long a broker may take to exit after SIGTERM before it is killed.
 BROKER_STOP_TIMEOUT_S = 15.0
+# Environment variables of the test tooling that must not reach the broker's FERRY_* config.
+TOOLING_ENV_VARS = ("FERRY_BIN", "FERRY_EXTRA_ARGS")
 # Lines of broker log shown when a test fails.
 LOG_TAIL_LINES = 60
 
@@ -87,7 +89,8 @@ class FerryBroker:
             pytest.fail(f"broker binary {binary} not found: run `cargo build` or set FERRY_BIN", pytrace=False)
         assert self.proc is None or self.proc.poll() is not None, "broker already running"
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
+        # FERRY_* variables configure the broker; the test tooling's own are not passed on.
+        env = {k: v for k, v in os.environ.items() if k not in TOOLING_ENV_VARS}
         env.setdefault("RUST_LOG", "info")
         env.setdefault("RUST_BACKTRACE", "1")
         self.starts += 1

@@ -93,6 +93,7 @@ def test_create_partitions(bootstrap):
     assert kafka_error_code(info.value) == ERR_INVALID_PARTITIONS
 
 
+@pytest.mark.filterwarnings("ignore:alter_configs has been deprecated:DeprecationWarning")
 def test_alter_configs_incremental_and_legacy(bootstrap):
     topic = create_topic(bootstrap, unique("alter"), config={"retention.ms": "100000"})
     res = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[

@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 # Acknowledgements to see before each kill, and after the last restart before stopping.
 ACKS_PER_PHASE = 300
 # Crash/restart rounds.
-CRASHES = 2
+CRASHES = 3
 PHASE_TIMEOUT_S = 60.0
 PRODUCER_EXIT_TIMEOUT_S = 170.0
 

@@ -405,7 +405,7 @@ def init_producer_id(conn: KafkaConnection) -> ProducerId:
     body = string(None) + i32(60000)
     cid = conn.send(API_INIT_PRODUCER_ID, 0, body)
     r = conn.recv(cid)
-    _throttle = r.i32()
+    r.i32()  # throttle time
     return ProducerId(r.i16(), r.i64(), r.i16())
 
 
@@ -436,7 +436,8 @@ def produce(conn: KafkaConnection, topic: str, partition: int, batch: bytes, ack
     for _ in range(r.count()):
         name = r.string()
         for _ in range(r.count()):
-            index, error, base_offset, _append_time = r.i32(), r.i16(), r.i64(), r.i64()
+            index, error, base_offset = r.i32(), r.i16(), r.i64()
+            r.i64()  # log append time
             if name == topic and index == partition:
                 results.append(ProduceResult(error, base_offset))
     assert len(results) == 1, f"expected one partition result for {topic}/{partition}, got {results}"
@@ -463,12 +464,13 @@ def fetch(conn: KafkaConnection, topic: str, partition: int, offset: int,
     )
     cid = conn.send(API_FETCH, 4, body)
     r = conn.recv(cid)
-    _throttle = r.i32()
+    r.i32()  # throttle time
     found = None
     for _ in range(r.count()):
         name = r.string()
         for _ in range(r.count()):
-            index, error, hw, _lso = r.i32(), r.i16(), r.i64(), r.i64()
+            index, error, hw = r.i32(), r.i16(), r.i64()
+            r.i64()  # last stable offset
             for _ in range(r.count()):
                 r.i64(), r.i64()
             records = r.nbytes() or b""

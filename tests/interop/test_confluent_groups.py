@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from confluent_kafka import TopicPartition
@@ -19,7 +18,6 @@ PARTITIONS = 4
 SESSION_TIMEOUT_MS = 3000
 GROUP_MIN_SESSION_TIMEOUT_MS = 1000
 STABLE_TIMEOUT_S = 60.0
-HERE = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="module")

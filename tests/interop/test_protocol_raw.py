@@ -40,7 +40,7 @@ def test_api_versions_v3_has_v0_response_header(bootstrap):
             key, lo, hi = r.i16(), r.i16(), r.i16()
             r.tagged_fields()
             versions[key] = (lo, hi)
-        _throttle = r.i32()
+        r.i32()  # throttle time
         r.tagged_fields()
         assert r.remaining() == 0, f"{r.remaining()} unparsed bytes: is the response header flexible?"
     assert error == kw.ERR_NONE

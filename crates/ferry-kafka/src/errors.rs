@@ -69,9 +69,10 @@ fn storage_error(error: &StorageError) -> ResponseError {
         StorageError::InvalidLogId(_) => ResponseError::InvalidTopicException,
         // An append older than the log's leader epoch: the writer is a fenced leader.
         StorageError::StaleLeaderEpoch { .. } => ResponseError::FencedLeaderEpoch,
-        StorageError::Io { .. } | StorageError::JournalFailed(_) => {
-            ResponseError::KafkaStorageError
-        }
+        // DataDirLocked only happens while opening the store, never under a request.
+        StorageError::Io { .. }
+        | StorageError::JournalFailed(_)
+        | StorageError::DataDirLocked(_) => ResponseError::KafkaStorageError,
     }
 }
 

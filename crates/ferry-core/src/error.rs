@@ -67,6 +67,6 @@ pub enum CoreError {
     RequestTimedOut,
     #[error("broker is shutting down")]
     ShuttingDown,
-    #[error("storage error: {0}")]
+    #[error(transparent)]
     Storage(#[from] ferry_storage::StorageError),
 }

@@ -66,10 +66,13 @@ fn storage_error(error: &StorageError) -> ResponseError {
         StorageError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         StorageError::UnknownLog(_) => ResponseError::UnknownTopicOrPartition,
         StorageError::ShutDown => ResponseError::NotLeaderOrFollower,
-        // I/O and every other failure inside the storage engine (the core maps the
-        // storage errors that have a protocol meaning before they get here).
-        #[allow(unreachable_patterns)]
-        _ => ResponseError::KafkaStorageError,
+        StorageError::InvalidLogId(_) => ResponseError::InvalidTopicException,
+        // An append older than the log's leader epoch: the writer is a fenced leader.
+        StorageError::StaleLeaderEpoch { .. } => ResponseError::FencedLeaderEpoch,
+        // DataDirLocked only happens while opening the store, never under a request.
+        StorageError::Io { .. }
+        | StorageError::JournalFailed(_)
+        | StorageError::DataDirLocked(_) => ResponseError::KafkaStorageError,
     }
 }
 

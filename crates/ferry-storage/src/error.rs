@@ -49,6 +49,9 @@ pub enum StorageError {
         /// The latest epoch in the log.
         latest: i32,
     },
+    /// Another process (or another open `Store`) holds the data directory.
+    #[error("data directory {0} is in use by another process")]
+    DataDirLocked(PathBuf),
     /// The journal could not be synced; `Sync` appends fail until a restart.
     #[error("journal failed: {0}")]
     JournalFailed(String),

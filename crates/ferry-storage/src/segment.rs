@@ -106,7 +106,7 @@ fn decode_time_entry(b: &[u8]) -> TimeEntry {
 /// Decodes an offset index, or `None` if it is damaged: a partial entry, offsets or
 /// positions not strictly increasing, or a position at or past `segment_bytes`.
 pub(crate) fn decode_index(bytes: &[u8], segment_bytes: u64) -> Option<Vec<IndexEntry>> {
-    if bytes.len() % INDEX_ENTRY_BYTES != 0 {
+    if !bytes.len().is_multiple_of(INDEX_ENTRY_BYTES) {
         return None;
     }
     let entries: Vec<IndexEntry> = bytes
@@ -123,7 +123,7 @@ pub(crate) fn decode_index(bytes: &[u8], segment_bytes: u64) -> Option<Vec<Index
 /// Decodes a time index, or `None` if it is damaged (partial entry, timestamps not
 /// strictly increasing or offsets decreasing).
 pub(crate) fn decode_time_index(bytes: &[u8]) -> Option<Vec<TimeEntry>> {
-    if bytes.len() % TIME_ENTRY_BYTES != 0 {
+    if !bytes.len().is_multiple_of(TIME_ENTRY_BYTES) {
         return None;
     }
     let entries: Vec<TimeEntry> = bytes

@@ -335,6 +335,9 @@ fn read_checkpoint(path: &Path) -> Option<Checkpoint> {
 
 /// A data directory of partition logs plus the group-commit journal.
 pub struct Store {
+    /// Held (flock) for the store's lifetime so that two processes never share a data
+    /// directory; released when the store is dropped or the process dies.
+    _dir_lock: std::fs::File,
     shared: Arc<StoreShared>,
     registry: Arc<Registry>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -348,6 +351,27 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Name of the lock file in the data directory.
+const LOCK_FILE: &str = ".lock";
+
+/// Takes the data directory's exclusive lock, failing at once if it is held.
+fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File> {
+    let path = data_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .at(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(StorageError::DataDirLocked(data_dir.to_path_buf()))
+        }
+        Err(std::fs::TryLockError::Error(source)) => Err(StorageError::Io { path, source }),
+    }
+}
+
 impl Store {
     /// Opens (creating if needed) the data directory and recovers: torn tails truncated,
     /// CRCs of unflushed data checked, the journal replayed into the logs, missing or
@@ -355,6 +379,7 @@ impl Store {
     pub fn open(config: StoreConfig) -> Result<Arc<Store>> {
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir).at(&data_dir)?;
+        let dir_lock = lock_data_dir(&data_dir)?;
         let journal_dir = data_dir.join(JOURNAL_DIR);
         std::fs::create_dir_all(&journal_dir).at(&journal_dir)?;
         let checkpoint_path = data_dir.join(CHECKPOINT_FILE);
@@ -503,6 +528,7 @@ impl Store {
         }
 
         let store = Arc::new(Store {
+            _dir_lock: dir_lock,
             shared,
             registry,
             threads: Mutex::new(Vec::new()),

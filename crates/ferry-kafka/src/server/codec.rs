@@ -583,6 +583,32 @@ mod tests {
     }
 
     #[test]
+    fn legacy_produce_responses_have_their_old_layouts() {
+        use kafka_protocol::messages::produce_response::{
+            PartitionProduceResponse, TopicProduceResponse,
+        };
+        use kafka_protocol::messages::TopicName;
+        let response =
+            ProduceResponse::default().with_responses(vec![TopicProduceResponse::default()
+                .with_name(TopicName(StrBytes::from_static_str("logs")))
+                .with_partition_responses(vec![PartitionProduceResponse::default()
+                    .with_index(2)
+                    .with_error_code(35)
+                    .with_base_offset(-1)])]);
+        let body = ResponseKind::Produce(response);
+        let v3 = encode_response(1, ApiKey::Produce, 3, &body).unwrap();
+        // v2 is laid out as v3; v1 drops log_append_time_ms (8 bytes); v0 also the throttle.
+        assert_eq!(encode_response(1, ApiKey::Produce, 2, &body).unwrap(), v3);
+        assert_eq!(
+            encode_response(1, ApiKey::Produce, 1, &body).unwrap().len(),
+            v3.len() - 8
+        );
+        let v0 = encode_response(1, ApiKey::Produce, 0, &body).unwrap();
+        assert_eq!(v0.len(), v3.len() - 12);
+        assert_eq!(&v0[..4], &((v0.len() - 4) as i32).to_be_bytes());
+    }
+
+    #[test]
     fn api_versions_response_header_is_v0() {
         let body = ResponseKind::ApiVersions(versions::api_versions_response(0));
         let bytes = encode_response(9, ApiKey::ApiVersions, 4, &body).unwrap();

@@ -139,17 +139,8 @@ pub(super) async fn produce(
     let mut groups: Vec<PartitionWork> = Vec::new();
     let mut group_of: HashMap<(&str, i32), usize> = HashMap::new();
     for (t, topic) in request.topic_data.iter().enumerate() {
-        // The core auto-creates on produce when the broker allows it, as on Metadata.
-        let topic_error = match broker.topic(&topic.name) {
-            Some(_) => None,
-            None => broker.topic_or_create(&topic.name, true).err(),
-        };
         for (p, partition) in topic.partition_data.iter().enumerate() {
             let slot = &mut response.responses[t].partition_responses[p];
-            if let Some(error) = &topic_error {
-                fail(slot, errors::error_code(error), Some(error.to_string()));
-                continue;
-            }
             if partition.index < 0 {
                 fail(slot, ResponseError::UnknownTopicOrPartition.code(), None);
                 continue;
@@ -235,9 +226,25 @@ async fn produce_partition(
     for (slot, records) in batches {
         let result = match records {
             Some(records) => {
-                broker
-                    .produce(&topic, partition as u32, records, acks)
+                match broker
+                    .produce(&topic, partition as u32, records.clone(), acks)
                     .await
+                {
+                    // The topic may not exist yet: produce auto-creates it like Metadata does
+                    // (the core decides whether that is allowed), then the batch is retried.
+                    // Looking the topic up only on this path keeps the usual path free of it.
+                    Err(CoreError::UnknownTopicOrPartition) if broker.topic(&topic).is_none() => {
+                        match broker.topic_or_create(&topic, true) {
+                            Ok(_) => {
+                                broker
+                                    .produce(&topic, partition as u32, records, acks)
+                                    .await
+                            }
+                            Err(error) => Err(error),
+                        }
+                    }
+                    result => result,
+                }
             }
             None => Err(CoreError::InvalidRecord(
                 "produce request without records".to_string(),

@@ -142,6 +142,9 @@ async fn dispatch(
             ResponseKind::ApiVersions(versions::api_versions_response(0))
         }
         RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::metadata(session, r, v)),
+        RequestKind::DescribeTopicPartitions(r) => ResponseKind::DescribeTopicPartitions(
+            metadata::describe_topic_partitions(session, r, v),
+        ),
         RequestKind::DescribeCluster(r) => {
             ResponseKind::DescribeCluster(metadata::describe_cluster(session, r, v))
         }

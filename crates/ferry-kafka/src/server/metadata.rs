@@ -3,12 +3,15 @@
 use ferry_core::TopicInfo;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::describe_topic_partitions_response::{
+    Cursor, DescribeTopicPartitionsResponsePartition, DescribeTopicPartitionsResponseTopic,
+};
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::{
-    BrokerId, DescribeClusterRequest, DescribeClusterResponse, MetadataRequest, MetadataResponse,
-    TopicName,
+    BrokerId, DescribeClusterRequest, DescribeClusterResponse, DescribeTopicPartitionsRequest,
+    DescribeTopicPartitionsResponse, MetadataRequest, MetadataResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -52,6 +55,9 @@ pub const CLUSTER_AUTHORIZED_OPERATIONS: i32 = bits(&[
 ]);
 /// Every operation on a group is allowed.
 pub const GROUP_AUTHORIZED_OPERATIONS: i32 = bits(&[acl::READ, acl::DELETE, acl::DESCRIBE]);
+/// Most partitions one DescribeTopicPartitions response lists (Kafka's
+/// `max.request.partition.size.limit` default); clients page through the rest.
+pub const DESCRIBE_TOPIC_PARTITIONS_LIMIT: i32 = 2000;
 /// "Not requested" value of authorized-operation fields.
 pub const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
 
@@ -180,4 +186,104 @@ pub(super) fn describe_cluster(
         AUTHORIZED_OPERATIONS_OMITTED
     };
     response
+}
+
+/// DescribeTopicPartitions (KIP-966): topics in name order with their partitions, at most
+/// `response_partition_limit` partitions per response, continued from a cursor.
+pub(super) fn describe_topic_partitions(
+    session: &Session,
+    request: DescribeTopicPartitionsRequest,
+    _version: i16,
+) -> DescribeTopicPartitionsResponse {
+    let broker = session.broker();
+    let node = BrokerId(session.node_id());
+    // (name, topic if it exists), sorted by name; no list means every topic.
+    let mut wanted: Vec<(String, Option<TopicInfo>)> = if request.topics.is_empty() {
+        broker
+            .topics()
+            .into_iter()
+            .map(|t| (t.name.clone(), Some(t)))
+            .collect()
+    } else {
+        request
+            .topics
+            .iter()
+            .map(|t| (t.name.to_string(), broker.topic(&t.name)))
+            .collect()
+    };
+    wanted.sort_by(|a, b| a.0.cmp(&b.0));
+    wanted.dedup_by(|a, b| a.0 == b.0);
+
+    let (start_topic, start_partition) = match &request.cursor {
+        Some(cursor) => (
+            cursor.topic_name.to_string(),
+            cursor.partition_index.max(0) as u32,
+        ),
+        None => (String::new(), 0),
+    };
+    let mut budget = request
+        .response_partition_limit
+        .clamp(1, DESCRIBE_TOPIC_PARTITIONS_LIMIT) as u32;
+    let mut topics = Vec::new();
+    let mut next_cursor = None;
+    for (name, topic) in wanted.into_iter().filter(|(name, _)| *name >= start_topic) {
+        let topic_name = TopicName(StrBytes::from_string(name.clone()));
+        let Some(topic) = topic else {
+            topics.push(
+                DescribeTopicPartitionsResponseTopic::default()
+                    .with_name(Some(topic_name))
+                    .with_error_code(ResponseError::UnknownTopicOrPartition.code()),
+            );
+            continue;
+        };
+        let first = if name == start_topic {
+            start_partition
+        } else {
+            0
+        };
+        if budget == 0 {
+            next_cursor = Some(
+                Cursor::default()
+                    .with_topic_name(topic_name)
+                    .with_partition_index(first as i32),
+            );
+            break;
+        }
+        let end = topic.partitions.min(first.saturating_add(budget));
+        let partitions: Vec<_> = (first..end)
+            .map(|partition| {
+                let described = DescribeTopicPartitionsResponsePartition::default()
+                    .with_partition_index(partition as i32)
+                    .with_leader_id(node)
+                    .with_replica_nodes(vec![node])
+                    .with_isr_nodes(vec![node])
+                    .with_eligible_leader_replicas(Some(Vec::new()))
+                    .with_last_known_elr(Some(Vec::new()));
+                match broker.partition_offsets(&topic.name, partition) {
+                    Ok(offsets) => described.with_leader_epoch(offsets.leader_epoch),
+                    Err(error) => described.with_error_code(errors::error_code(&error)),
+                }
+            })
+            .collect();
+        budget -= end.saturating_sub(first);
+        topics.push(
+            DescribeTopicPartitionsResponseTopic::default()
+                .with_name(Some(topic_name.clone()))
+                .with_topic_id(topic.id)
+                .with_is_internal(topic.internal)
+                .with_partitions(partitions)
+                .with_topic_authorized_operations(TOPIC_AUTHORIZED_OPERATIONS),
+        );
+        if end < topic.partitions {
+            next_cursor = Some(
+                Cursor::default()
+                    .with_topic_name(topic_name)
+                    .with_partition_index(end as i32),
+            );
+            break;
+        }
+    }
+    DescribeTopicPartitionsResponse::default()
+        .with_topics(topics)
+        .with_next_cursor(next_cursor)
 }

@@ -51,8 +51,11 @@ pub const DEFAULT_FETCH_MAX_WAIT_MS: u64 = 30_000;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default time the listener waits for in-flight requests at shutdown.
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
-/// Bytes read from a socket at once (and buffered ahead of the current frame).
-const READ_BUFFER_BYTES: usize = 64 << 10;
+/// Read-ahead buffer of each connection: small, since every connection holds one for its
+/// whole life (frames larger than it are read straight into their own buffer).
+const SOCKET_BUFFER_BYTES: usize = 8 << 10;
+/// Step by which a frame's buffer grows while its bytes arrive.
+const FRAME_READ_CHUNK_BYTES: usize = 64 << 10;
 /// Buffers handed to one vectored write (well under every platform's IOV_MAX).
 const MAX_IO_SLICES: usize = 64;
 /// Pause after a failed `accept` (e.g. out of file descriptors), so as not to spin.
@@ -137,7 +140,13 @@ pub async fn serve(
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(finished) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(error) = finished {
+                    if error.is_panic() {
+                        tracing::error!(%error, "a Kafka connection task panicked");
+                    }
+                }
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     if connections.len() >= shared.config.max_connections {
@@ -234,7 +243,7 @@ async fn serve_connection(
     session: &mut handlers::Session,
 ) -> ConnectionEnd {
     let (reader, mut writer) = stream.split();
-    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
+    let mut reader = BufReader::with_capacity(SOCKET_BUFFER_BYTES, reader);
     let mut shutdown = shared.shutdown.clone();
     loop {
         // Only an idle connection (between requests) is cut by shutdown; a request that
@@ -343,9 +352,9 @@ async fn read_frame<R: AsyncRead + Unpin>(
         .map_err(|_| ConnectionEnd::Shutdown)?;
     // Grow the buffer as bytes arrive rather than trusting the prefix with one big
     // allocation: a client that announces 100 MiB and sends 10 bytes costs 64 KiB.
-    let mut frame = BytesMut::with_capacity(length.min(READ_BUFFER_BYTES));
+    let mut frame = BytesMut::with_capacity(length.min(FRAME_READ_CHUNK_BYTES));
     while frame.len() < length {
-        let want = (length - frame.len()).min(READ_BUFFER_BYTES);
+        let want = (length - frame.len()).min(FRAME_READ_CHUNK_BYTES);
         frame.reserve(want);
         let mut limited = (&mut *reader).take(want as u64);
         let read = limited.read_buf(&mut frame).await?;

@@ -814,3 +814,17 @@ fn delete_records_into_a_journal_only_batch_survives_a_crash() {
     assert_eq!(batches[0].0.base_offset, 2);
     assert_eq!(batches.len(), 2);
 }
+
+#[test]
+fn a_data_directory_is_opened_by_one_store_at_a_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(dir.path());
+    match crate::Store::open(crate::StoreConfig::new(dir.path())) {
+        Err(StorageError::DataDirLocked(path)) => assert_eq!(path, dir.path()),
+        other => panic!("second open of a held data directory: {other:?}"),
+    }
+    store.shutdown().expect("shutdown");
+    drop(store);
+    let reopened = open_store(dir.path());
+    reopened.shutdown().expect("shutdown");
+}

@@ -208,8 +208,6 @@ pub struct Broker {
     snapshot_lock: tokio::sync::Mutex<Option<u64>>,
     /// Whether shutdown has completed.
     shutdown_done: tokio::sync::Mutex<bool>,
-    /// A weak handle on this broker, for tasks spawned from `&self` methods.
-    this: Weak<Broker>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -352,7 +350,7 @@ impl Broker {
         let groups = GroupCoordinator::open(store.clone(), config.groups.clone())?;
         let (stop, _) = watch::channel(false);
         let topic_count = topics.len();
-        let broker = Arc::new_cyclic(|this| Broker {
+        let broker = Arc::new(Broker {
             store,
             groups,
             metadata,
@@ -368,7 +366,6 @@ impl Broker {
             appends: AtomicU64::new(0),
             snapshot_lock: tokio::sync::Mutex::new(Some(0)),
             shutdown_done: tokio::sync::Mutex::new(false),
-            this: this.clone(),
             config,
         });
         broker.spawn_background();
@@ -559,24 +556,28 @@ impl Broker {
 
     /// Deletes a topic and its data. Committed offsets of the topic are removed by a
     /// task spawned on the current runtime (the group API is async).
-    pub fn delete_topic(&self, name: &str) -> Result<()> {
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
         self.check_running()?;
-        let _admin = self.admin.lock();
-        let topic = self
-            .topics
-            .read()
-            .get(name)
-            .cloned()
-            .ok_or(CoreError::UnknownTopicOrPartition)?;
-        // The tombstone is durable before any data goes: a crash in between leaves stray
-        // logs that the next start removes, never a topic without its data.
-        self.write_topic_record(name, None)?;
-        self.topics.write().remove(name);
-        for partition in &topic.partitions {
-            partition.mark_deleted();
+        {
+            let _admin = self.admin.lock();
+            let topic = self
+                .topics
+                .read()
+                .get(name)
+                .cloned()
+                .ok_or(CoreError::UnknownTopicOrPartition)?;
+            // The tombstone is durable before any data goes: a crash in between leaves
+            // stray logs that the next start removes, never a topic without its data.
+            self.write_topic_record(name, None)?;
+            self.topics.write().remove(name);
+            for partition in &topic.partitions {
+                partition.mark_deleted();
+            }
+            self.remove_logs(&topic.partitions);
         }
-        self.remove_logs(&topic.partitions);
-        self.spawn_remove_topic_offsets(name);
+        // Committed offsets go before the deletion is acknowledged, so a topic re-created
+        // under the same name never inherits (or loses) offsets to a late cleanup.
+        self.groups().remove_topic_offsets(name).await?;
         info!(topic = name, "topic deleted");
         Ok(())
     }
@@ -1068,25 +1069,6 @@ impl Broker {
         });
         self.metadata
             .append_durable(vec![(key, record.map(to_json))], now_ms())
-    }
-
-    /// Removes a deleted topic's committed offsets in the background.
-    fn spawn_remove_topic_offsets(&self, name: &str) {
-        let (Some(broker), Ok(runtime)) =
-            (self.this.upgrade(), tokio::runtime::Handle::try_current())
-        else {
-            warn!(
-                topic = name,
-                "no runtime: committed offsets of the deleted topic are kept"
-            );
-            return;
-        };
-        let name = name.to_string();
-        runtime.spawn(async move {
-            if let Err(e) = broker.groups().remove_topic_offsets(&name).await {
-                warn!(topic = %name, error = %e, "could not remove committed offsets of deleted topic");
-            }
-        });
     }
 
     /// Writes a full producer-state snapshot of every partition (skipped when nothing

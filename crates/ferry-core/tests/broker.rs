@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ferry_core::group::CommitOffset;
 use ferry_core::{
     Acks, Broker, BrokerConfig, ConfigOp, ConfigSource, CoreError, FetchPartition, OffsetSpec,
 };
@@ -379,7 +380,37 @@ async fn topic_metadata_survives_reopen() {
                 .produce("gone", 0, batch(&["old data"], 5), Acks::All)
                 .await
                 .expect("produce");
-            broker.delete_topic("gone").expect("delete");
+            let commit = |topic: &str| CommitOffset {
+                topic: topic.to_string(),
+                partition: 0,
+                offset: 1,
+                leader_epoch: -1,
+                metadata: None,
+            };
+            broker
+                .groups()
+                .commit_offsets(
+                    "readers",
+                    -1,
+                    "",
+                    None,
+                    vec![commit("gone"), commit("kept")],
+                )
+                .await
+                .expect("commit");
+            broker.delete_topic("gone").await.expect("delete");
+            let left: Vec<String> = broker
+                .groups()
+                .fetch_offsets("readers", None)
+                .expect("fetch offsets")
+                .into_iter()
+                .map(|o| o.topic)
+                .collect();
+            assert_eq!(
+                left,
+                ["kept"],
+                "a deleted topic's committed offsets are gone once the deletion returns"
+            );
             broker.shutdown().await.expect("shutdown");
             (kept, gone)
         };
@@ -550,9 +581,9 @@ async fn admin_requests_are_validated() {
                 .name,
             "auto"
         );
-        broker.delete_topic("auto").expect("delete");
+        broker.delete_topic("auto").await.expect("delete");
         assert!(matches!(
-            broker.delete_topic("auto"),
+            broker.delete_topic("auto").await,
             Err(CoreError::UnknownTopicOrPartition)
         ));
         broker.shutdown().await.expect("shutdown");

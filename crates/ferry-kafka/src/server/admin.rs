@@ -210,18 +210,17 @@ pub(super) async fn delete_topics(
                 .map(|t| t.name.clone())
                 .ok_or((ResponseError::UnknownTopicId.code(), None)),
         };
-        let result = name.clone().and_then(|name| {
-            let id = broker.topic(&name).map(|t| t.id);
-            broker.delete_topic(&name).map_err(|e| core_failure(&e))?;
-            Ok(id)
-        });
-        if let Ok(name) = &name {
-            if result.is_ok() {
-                if let Err(error) = broker.groups().remove_topic_offsets(name).await {
-                    tracing::warn!(topic = %name, %error, "dropping committed offsets of a deleted topic failed");
-                }
+        let result = match &name {
+            Ok(name) => {
+                let id = broker.topic(name).map(|t| t.id);
+                broker
+                    .delete_topic(name)
+                    .await
+                    .map(|()| id)
+                    .map_err(|e| core_failure(&e))
             }
-        }
+            Err(failure) => Err(failure.clone()),
+        };
         let mut answer = DeletableTopicResult::default()
             .with_name(name.ok().map(|n| TopicName(StrBytes::from_string(n))));
         match result {

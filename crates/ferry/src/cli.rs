@@ -33,6 +33,8 @@ pub enum Command {
     /// List and describe consumer groups, reset their offsets.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Measure a broker (or the built-in tcp-baseline) with a workload.
+    Bench(ferry_bench::BenchArgs),
 }
 
 /// Flags of `ferry serve`; each overrides the config file and the environment.

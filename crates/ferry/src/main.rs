@@ -35,8 +35,9 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return clap_exit(e),
     };
-    let serving = matches!(cli.command, Command::Serve(_));
-    // The broker wants every core; a command-line tool is one sequential conversation.
+    let serving = matches!(cli.command, Command::Serve(_) | Command::Bench(_));
+    // The broker and the benchmark want every core; a command-line tool is one
+    // sequential conversation.
     let runtime = if serving {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -79,6 +80,7 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Produce(args) => commands::produce::run(args).await.map_err(Failure::Cli),
         Command::Consume(args) => commands::consume::run(args).await.map_err(Failure::Cli),
         Command::Group(command) => commands::group::run(command).await.map_err(Failure::Cli),
+        Command::Bench(args) => commands::bench::run(args).await.map_err(Failure::Cli),
     }
 }
 

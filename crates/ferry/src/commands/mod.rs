@@ -1,5 +1,6 @@
 //! The command-line tools that talk to a running broker over the Kafka protocol.
 
+pub mod bench;
 pub mod consume;
 pub mod format;
 pub mod group;
@@ -23,6 +24,9 @@ pub enum CliError {
     /// An argument was wrong in a way clap cannot see.
     #[error("{0}")]
     Usage(String),
+    /// A benchmark could not run or failed verification.
+    #[error(transparent)]
+    Bench(#[from] ferry_bench::BenchError),
     /// The thing asked about does not exist.
     #[error("{0}")]
     NotFound(String),

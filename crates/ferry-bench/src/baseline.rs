@@ -1,0 +1,429 @@
+//! `tcp-baseline`: a trivial in-process Kafka target that stores nothing.
+//!
+//! It speaks just enough Kafka (ApiVersions, Metadata, Produce, Fetch) for the same
+//! driver to run the same workload, keeps each partition's produced batches in a bounded
+//! in-memory ring and serves fetches from it. It measures what this machine can do for
+//! the workload (client, loopback TCP, framing) without a storage engine, so broker
+//! figures can be given as a ratio of it.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use ferry_kafka::server::{decode_request, encode_response, DecodedRequest};
+use ferry_storage::batch::BatchHeader;
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsResponse, BrokerId, FetchRequest, FetchResponse, MetadataRequest,
+    MetadataResponse, ProduceRequest, ProduceResponse, RequestKind, ResponseKind,
+};
+use kafka_protocol::protocol::StrBytes;
+use parking_lot::Mutex;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, Notify};
+use tokio::task::JoinHandle;
+
+use crate::error::{BenchError, Result};
+use crate::kafka::read_frame;
+
+/// Bytes of batches kept per partition; older batches are dropped (a consumer that falls
+/// this far behind gets OFFSET_OUT_OF_RANGE and the run fails).
+pub const RING_BYTES_PER_PARTITION: usize = 64 << 20;
+/// Largest request accepted.
+const REQUEST_BYTES_MAX: usize = 100 << 20;
+/// Longest fetch wait honoured.
+const FETCH_WAIT_MAX: Duration = Duration::from_secs(1);
+/// Node id of the one broker it pretends to be.
+const NODE_ID: i32 = 0;
+/// APIs served, with their version ranges (those the Kafka client and driver use).
+const APIS: [(ApiKey, i16, i16); 4] = [
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::Metadata, 1, 12),
+    (ApiKey::Produce, 3, 9),
+    (ApiKey::Fetch, 4, 12),
+];
+/// Kafka error codes used.
+const OFFSET_OUT_OF_RANGE: i16 = 1;
+const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+const CORRUPT_MESSAGE: i16 = 2;
+
+/// One partition's recent batches.
+#[derive(Debug, Default)]
+struct Ring {
+    /// (base offset, batch with its offset set), oldest first.
+    batches: VecDeque<(i64, Bytes)>,
+    bytes: usize,
+    start_offset: i64,
+    next_offset: i64,
+}
+
+/// A ring shared by the connections that produce to and fetch from it.
+type SharedRing = Arc<Mutex<Ring>>;
+
+/// State shared by the connections.
+#[derive(Debug)]
+struct Shared {
+    partitions_per_topic: i32,
+    addr: SocketAddr,
+    rings: Mutex<HashMap<(String, i32), SharedRing>>,
+    /// Woken on every append, for long-polling fetches.
+    appended: Notify,
+}
+
+impl Shared {
+    fn ring(&self, topic: &str, partition: i32) -> Option<SharedRing> {
+        if partition < 0 || partition >= self.partitions_per_topic {
+            return None;
+        }
+        let mut rings = self.rings.lock();
+        Some(
+            rings
+                .entry((topic.to_owned(), partition))
+                .or_default()
+                .clone(),
+        )
+    }
+}
+
+/// A running tcp-baseline server.
+#[derive(Debug)]
+pub struct BaselineServer {
+    addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl BaselineServer {
+    /// Listens on 127.0.0.1 on an ephemeral port; every topic has `partitions_per_topic`.
+    pub async fn start(partitions_per_topic: u32) -> Result<BaselineServer> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| BenchError::io("bind tcp-baseline", e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| BenchError::io("tcp-baseline address", e))?;
+        let shared = Arc::new(Shared {
+            partitions_per_topic: partitions_per_topic as i32,
+            addr,
+            rings: Mutex::new(HashMap::new()),
+            appended: Notify::new(),
+        });
+        let (tx, mut rx) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut connections = Vec::new();
+            loop {
+                tokio::select! {
+                    _ = &mut rx => break,
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => {
+                            connections.push(tokio::spawn(serve_connection(stream, shared.clone())));
+                        }
+                        // A failed accept (out of descriptors) is not fatal to a benchmark target.
+                        Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    },
+                }
+            }
+            for connection in connections {
+                connection.abort();
+            }
+        });
+        Ok(BaselineServer {
+            addr,
+            shutdown: Some(tx),
+            task: Some(task),
+        })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting and closes every connection.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Serves one connection until it closes or sends something it cannot answer.
+async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    while let Ok(Some(frame)) = read_frame(&mut stream, REQUEST_BYTES_MAX).await {
+        let Ok(DecodedRequest::Request { header, body }) = decode_request(frame) else {
+            return;
+        };
+        let api_key = match ApiKey::try_from(header.request_api_key) {
+            Ok(key) => key,
+            Err(()) => return,
+        };
+        let version = header.request_api_version;
+        let response = match *body {
+            RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions()),
+            RequestKind::Metadata(request) => ResponseKind::Metadata(metadata(&shared, &request)),
+            RequestKind::Produce(request) => {
+                let response = produce(&shared, &request);
+                if request.acks == 0 {
+                    continue;
+                }
+                ResponseKind::Produce(response)
+            }
+            RequestKind::Fetch(request) => ResponseKind::Fetch(fetch(&shared, &request).await),
+            _ => return,
+        };
+        let Ok(bytes) = encode_response(header.correlation_id, api_key, version, &response) else {
+            return;
+        };
+        if stream.write_all(&bytes).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn api_versions() -> ApiVersionsResponse {
+    ApiVersionsResponse::default().with_api_keys(
+        APIS.iter()
+            .map(|&(key, min, max)| {
+                ApiVersion::default()
+                    .with_api_key(key as i16)
+                    .with_min_version(min)
+                    .with_max_version(max)
+            })
+            .collect(),
+    )
+}
+
+fn metadata(shared: &Shared, request: &MetadataRequest) -> MetadataResponse {
+    let topics = request
+        .topics
+        .iter()
+        .flatten()
+        .filter_map(|t| t.name.clone())
+        .map(|name| {
+            MetadataResponseTopic::default()
+                .with_name(Some(name))
+                .with_partitions(
+                    (0..shared.partitions_per_topic)
+                        .map(|p| {
+                            MetadataResponsePartition::default()
+                                .with_partition_index(p)
+                                .with_leader_id(BrokerId(NODE_ID))
+                                .with_leader_epoch(0)
+                                .with_replica_nodes(vec![BrokerId(NODE_ID)])
+                                .with_isr_nodes(vec![BrokerId(NODE_ID)])
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    MetadataResponse::default()
+        .with_brokers(vec![MetadataResponseBroker::default()
+            .with_node_id(BrokerId(NODE_ID))
+            .with_host(StrBytes::from_string(shared.addr.ip().to_string()))
+            .with_port(shared.addr.port() as i32)])
+        .with_controller_id(BrokerId(NODE_ID))
+        .with_topics(topics)
+}
+
+/// Appends every batch to its partition's ring; answers with the base offsets.
+fn produce(shared: &Shared, request: &ProduceRequest) -> ProduceResponse {
+    let mut responses = Vec::with_capacity(request.topic_data.len());
+    for topic in &request.topic_data {
+        let mut partition_responses = Vec::with_capacity(topic.partition_data.len());
+        for data in &topic.partition_data {
+            let mut response = PartitionProduceResponse::default()
+                .with_index(data.index)
+                .with_log_append_time_ms(-1);
+            match shared.ring(topic.name.0.as_str(), data.index) {
+                None => response.error_code = UNKNOWN_TOPIC_OR_PARTITION,
+                Some(ring) => match append(&ring, data.records.as_ref()) {
+                    Some((base_offset, start)) => {
+                        response.base_offset = base_offset;
+                        response.log_start_offset = start;
+                    }
+                    None => response.error_code = CORRUPT_MESSAGE,
+                },
+            }
+            partition_responses.push(response);
+        }
+        responses.push(
+            TopicProduceResponse::default()
+                .with_name(topic.name.clone())
+                .with_partition_responses(partition_responses),
+        );
+    }
+    if !request.topic_data.is_empty() {
+        shared.appended.notify_waiters();
+    }
+    ProduceResponse::default().with_responses(responses)
+}
+
+/// Appends the batches of `records`; returns (first offset, log start) or `None` if they
+/// are not whole v2 batches.
+fn append(ring: &Mutex<Ring>, records: Option<&Bytes>) -> Option<(i64, i64)> {
+    let records = records?;
+    // Parse first so that a bad request appends nothing.
+    let mut batches = Vec::new();
+    let mut pos = 0;
+    while pos < records.len() {
+        let header = BatchHeader::parse(&records[pos..]).ok()?;
+        let end = pos.checked_add(header.total_bytes())?;
+        if end > records.len() {
+            return None;
+        }
+        batches.push((pos, end, header.last_offset_delta as i64 + 1));
+        pos = end;
+    }
+    let mut ring = ring.lock();
+    let first = ring.next_offset;
+    for (start, end, count) in batches {
+        let mut batch = BytesMut::from(&records[start..end]);
+        let base_offset = ring.next_offset;
+        batch[..8].copy_from_slice(&base_offset.to_be_bytes());
+        ring.next_offset += count;
+        ring.bytes += batch.len();
+        ring.batches.push_back((base_offset, batch.freeze()));
+    }
+    while ring.bytes > RING_BYTES_PER_PARTITION && ring.batches.len() > 1 {
+        if let Some((_, dropped)) = ring.batches.pop_front() {
+            ring.bytes -= dropped.len();
+        }
+        ring.start_offset = ring
+            .batches
+            .front()
+            .map_or(ring.next_offset, |(base, _)| *base);
+    }
+    Some((first, ring.start_offset))
+}
+
+/// Serves a fetch from the rings, waiting up to `max_wait_ms` for data.
+async fn fetch(shared: &Shared, request: &FetchRequest) -> FetchResponse {
+    let wait = Duration::from_millis(request.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MAX);
+    let deadline = Instant::now() + wait;
+    loop {
+        // Registered before looking, so that an append in between is not missed.
+        let appended = shared.appended.notified();
+        let (responses, bytes) = read_rings(shared, request);
+        let now = Instant::now();
+        if bytes > 0 || now >= deadline {
+            return FetchResponse::default().with_responses(responses);
+        }
+        let _ = tokio::time::timeout(deadline - now, appended).await;
+    }
+}
+
+/// One pass over the asked partitions; returns the responses and the bytes in them.
+fn read_rings(shared: &Shared, request: &FetchRequest) -> (Vec<FetchableTopicResponse>, usize) {
+    let mut total = 0usize;
+    let max_bytes = request.max_bytes.max(1) as usize;
+    let mut responses = Vec::with_capacity(request.topics.len());
+    for topic in &request.topics {
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for asked in &topic.partitions {
+            let mut data = PartitionData::default()
+                .with_partition_index(asked.partition)
+                .with_preferred_read_replica(BrokerId(-1))
+                .with_aborted_transactions(Some(Vec::new()));
+            let Some(ring) = shared.ring(topic.topic.0.as_str(), asked.partition) else {
+                partitions.push(data.with_error_code(UNKNOWN_TOPIC_OR_PARTITION));
+                continue;
+            };
+            let ring = ring.lock();
+            data.high_watermark = ring.next_offset;
+            data.last_stable_offset = ring.next_offset;
+            data.log_start_offset = ring.start_offset;
+            let offset = asked.fetch_offset;
+            if offset < ring.start_offset || offset > ring.next_offset {
+                partitions.push(data.with_error_code(OFFSET_OUT_OF_RANGE));
+                continue;
+            }
+            let partition_max = asked.partition_max_bytes.max(1) as usize;
+            let first = ring.batches.partition_point(|(base, batch)| {
+                // A batch entirely before the offset: its last offset is below it.
+                let last = BatchHeader::parse(batch).map_or(*base, |h| h.last_offset());
+                last < offset
+            });
+            let mut out = BytesMut::new();
+            for (_, batch) in ring.batches.iter().skip(first) {
+                // At least one batch per response, as Kafka does, so that progress is made.
+                if !out.is_empty()
+                    && (out.len() + batch.len() > partition_max
+                        || total + out.len() + batch.len() > max_bytes)
+                {
+                    break;
+                }
+                out.extend_from_slice(batch);
+            }
+            total += out.len();
+            partitions.push(data.with_records(Some(out.freeze())));
+        }
+        responses.push(
+            FetchableTopicResponse::default()
+                .with_topic(topic.topic.clone())
+                .with_partitions(partitions),
+        );
+    }
+    (responses, total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{BatchEncoder, Stamp};
+
+    fn batch(records: u64) -> Bytes {
+        let mut encoder = BatchEncoder::new();
+        for sequence in 0..records {
+            encoder.push(
+                None,
+                &Stamp {
+                    producer: 0,
+                    sequence,
+                    sent_ns: 0,
+                },
+                100,
+                0,
+            );
+        }
+        encoder.finish()
+    }
+
+    #[test]
+    fn ring_assigns_offsets_and_drops_the_oldest_beyond_its_bound() {
+        let ring = Mutex::new(Ring::default());
+        assert_eq!(append(&ring, Some(&batch(3))), Some((0, 0)));
+        assert_eq!(append(&ring, Some(&batch(2))), Some((3, 0)));
+        let stored = ring.lock().batches[1].1.clone();
+        assert_eq!(
+            BatchHeader::parse(&stored).map(|h| h.base_offset).ok(),
+            Some(3)
+        );
+        assert_eq!(append(&ring, Some(&Bytes::from_static(b"garbage"))), None);
+        assert_eq!(append(&ring, None), None);
+        let big = batch(10_000); // ~1.2 MB
+        let rounds = RING_BYTES_PER_PARTITION / big.len() + 2;
+        for _ in 0..rounds {
+            append(&ring, Some(&big));
+        }
+        let ring = ring.lock();
+        assert!(ring.bytes <= RING_BYTES_PER_PARTITION);
+        assert!(ring.start_offset > 0);
+        assert_eq!(
+            ring.batches.front().map(|(b, _)| *b),
+            Some(ring.start_offset)
+        );
+        assert_eq!(ring.next_offset, 5 + rounds as i64 * 10_000);
+    }
+}

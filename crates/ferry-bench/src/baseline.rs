@@ -34,13 +34,16 @@ use tokio::task::JoinHandle;
 use crate::error::{BenchError, Result};
 use crate::kafka::read_frame;
 
-/// Bytes of batches kept per partition; older batches are dropped (a consumer that falls
-/// this far behind gets OFFSET_OUT_OF_RANGE and the run fails).
+/// Bytes of batches kept per partition. Batches are dropped only once a consumer has
+/// fetched past them; a producer that finds the ring full waits for the consumer, so the
+/// baseline flow-controls producers by consumers instead of losing data.
 pub const RING_BYTES_PER_PARTITION: usize = 64 << 20;
 /// Largest request accepted.
 const REQUEST_BYTES_MAX: usize = 100 << 20;
 /// Longest fetch wait honoured.
 const FETCH_WAIT_MAX: Duration = Duration::from_secs(1);
+/// Worker threads of the server's own runtime (a broker on this 2-core machine gets 2).
+const SERVER_THREADS: usize = 2;
 /// Node id of the one broker it pretends to be.
 const NODE_ID: i32 = 0;
 /// APIs served, with their version ranges (those the Kafka client and driver use).
@@ -63,6 +66,35 @@ struct Ring {
     bytes: usize,
     start_offset: i64,
     next_offset: i64,
+    /// Highest offset a consumer has asked for: everything before it may be dropped.
+    fetched_offset: i64,
+}
+
+impl Ring {
+    /// Drops fetched batches while the ring is over its bound.
+    fn evict(&mut self) {
+        while self.bytes > RING_BYTES_PER_PARTITION {
+            let Some((_, front)) = self.batches.front() else {
+                break;
+            };
+            let last = BatchHeader::parse(front).map_or(i64::MAX, |h| h.last_offset());
+            if last >= self.fetched_offset {
+                break;
+            }
+            if let Some((_, dropped)) = self.batches.pop_front() {
+                self.bytes -= dropped.len();
+            }
+            self.start_offset = self
+                .batches
+                .front()
+                .map_or(self.next_offset, |(base, _)| *base);
+        }
+    }
+
+    /// Whether a producer must wait for consumers before appending.
+    fn is_full(&self) -> bool {
+        self.bytes > RING_BYTES_PER_PARTITION
+    }
 }
 
 /// A ring shared by the connections that produce to and fetch from it.
@@ -76,6 +108,8 @@ struct Shared {
     rings: Mutex<HashMap<(String, i32), SharedRing>>,
     /// Woken on every append, for long-polling fetches.
     appended: Notify,
+    /// Woken after fetches, for producers waiting for ring space.
+    fetched: Notify,
 }
 
 impl Shared {
@@ -99,14 +133,26 @@ pub struct BaselineServer {
     addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl BaselineServer {
     /// Listens on 127.0.0.1 on an ephemeral port; every topic has `partitions_per_topic`.
+    ///
+    /// The server runs on its own runtime and threads, as an external broker would, so
+    /// that it does not compete with the driver's tasks for the driver's workers.
     pub async fn start(partitions_per_topic: u32) -> Result<BaselineServer> {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(SERVER_THREADS)
+            .thread_name("tcp-baseline")
+            .enable_all()
+            .build()
+            .map_err(|e| BenchError::io("start the tcp-baseline runtime", e))?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
             .map_err(|e| BenchError::io("bind tcp-baseline", e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| BenchError::io("tcp-baseline listener", e))?;
         let addr = listener
             .local_addr()
             .map_err(|e| BenchError::io("tcp-baseline address", e))?;
@@ -115,9 +161,14 @@ impl BaselineServer {
             addr,
             rings: Mutex::new(HashMap::new()),
             appended: Notify::new(),
+            fetched: Notify::new(),
         });
         let (tx, mut rx) = oneshot::channel();
-        let task = tokio::spawn(async move {
+        let task = runtime.spawn(async move {
+            let listener = match TcpListener::from_std(listener) {
+                Ok(listener) => listener,
+                Err(_) => return,
+            };
             let mut connections = Vec::new();
             loop {
                 tokio::select! {
@@ -139,6 +190,7 @@ impl BaselineServer {
             addr,
             shutdown: Some(tx),
             task: Some(task),
+            runtime: Some(runtime),
         })
     }
 
@@ -154,6 +206,19 @@ impl BaselineServer {
         }
         if let Some(task) = self.task.take() {
             let _ = task.await;
+        }
+        if let Some(runtime) = self.runtime.take() {
+            // Dropping a runtime inside another one would block; let it wind down alone.
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for BaselineServer {
+    fn drop(&mut self) {
+        // Also on early returns that skip `stop`: never drop a runtime in async context.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
         }
     }
 }
@@ -174,7 +239,7 @@ async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>) {
             RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions()),
             RequestKind::Metadata(request) => ResponseKind::Metadata(metadata(&shared, &request)),
             RequestKind::Produce(request) => {
-                let response = produce(&shared, &request);
+                let response = produce(&shared, &request).await;
                 if request.acks == 0 {
                     continue;
                 }
@@ -237,8 +302,9 @@ fn metadata(shared: &Shared, request: &MetadataRequest) -> MetadataResponse {
         .with_topics(topics)
 }
 
-/// Appends every batch to its partition's ring; answers with the base offsets.
-fn produce(shared: &Shared, request: &ProduceRequest) -> ProduceResponse {
+/// Appends every batch to its partition's ring (waiting while a ring is full); answers
+/// with the base offsets.
+async fn produce(shared: &Shared, request: &ProduceRequest) -> ProduceResponse {
     let mut responses = Vec::with_capacity(request.topic_data.len());
     for topic in &request.topic_data {
         let mut partition_responses = Vec::with_capacity(topic.partition_data.len());
@@ -248,7 +314,7 @@ fn produce(shared: &Shared, request: &ProduceRequest) -> ProduceResponse {
                 .with_log_append_time_ms(-1);
             match shared.ring(topic.name.0.as_str(), data.index) {
                 None => response.error_code = UNKNOWN_TOPIC_OR_PARTITION,
-                Some(ring) => match append(&ring, data.records.as_ref()) {
+                Some(ring) => match append_when_room(shared, &ring, data.records.as_ref()).await {
                     Some((base_offset, start)) => {
                         response.base_offset = base_offset;
                         response.log_start_offset = start;
@@ -268,6 +334,22 @@ fn produce(shared: &Shared, request: &ProduceRequest) -> ProduceResponse {
         shared.appended.notify_waiters();
     }
     ProduceResponse::default().with_responses(responses)
+}
+
+/// Waits until the ring has room (consumers fetched enough), then appends.
+async fn append_when_room(
+    shared: &Shared,
+    ring: &Mutex<Ring>,
+    records: Option<&Bytes>,
+) -> Option<(i64, i64)> {
+    loop {
+        // Registered before looking, so that a fetch in between is not missed.
+        let fetched = shared.fetched.notified();
+        if !ring.lock().is_full() {
+            return append(ring, records);
+        }
+        let _ = tokio::time::timeout(FETCH_WAIT_MAX, fetched).await;
+    }
 }
 
 /// Appends the batches of `records`; returns (first offset, log start) or `None` if they
@@ -296,15 +378,7 @@ fn append(ring: &Mutex<Ring>, records: Option<&Bytes>) -> Option<(i64, i64)> {
         ring.bytes += batch.len();
         ring.batches.push_back((base_offset, batch.freeze()));
     }
-    while ring.bytes > RING_BYTES_PER_PARTITION && ring.batches.len() > 1 {
-        if let Some((_, dropped)) = ring.batches.pop_front() {
-            ring.bytes -= dropped.len();
-        }
-        ring.start_offset = ring
-            .batches
-            .front()
-            .map_or(ring.next_offset, |(base, _)| *base);
-    }
+    ring.evict();
     Some((first, ring.start_offset))
 }
 
@@ -316,6 +390,7 @@ async fn fetch(shared: &Shared, request: &FetchRequest) -> FetchResponse {
         // Registered before looking, so that an append in between is not missed.
         let appended = shared.appended.notified();
         let (responses, bytes) = read_rings(shared, request);
+        shared.fetched.notify_waiters();
         let now = Instant::now();
         if bytes > 0 || now >= deadline {
             return FetchResponse::default().with_responses(responses);
@@ -340,7 +415,11 @@ fn read_rings(shared: &Shared, request: &FetchRequest) -> (Vec<FetchableTopicRes
                 partitions.push(data.with_error_code(UNKNOWN_TOPIC_OR_PARTITION));
                 continue;
             };
-            let ring = ring.lock();
+            let mut ring = ring.lock();
+            if asked.fetch_offset > ring.fetched_offset && asked.fetch_offset <= ring.next_offset {
+                ring.fetched_offset = asked.fetch_offset;
+                ring.evict();
+            }
             data.high_watermark = ring.next_offset;
             data.last_stable_offset = ring.next_offset;
             data.log_start_offset = ring.start_offset;
@@ -355,19 +434,33 @@ fn read_rings(shared: &Shared, request: &FetchRequest) -> (Vec<FetchableTopicRes
                 let last = BatchHeader::parse(batch).map_or(*base, |h| h.last_offset());
                 last < offset
             });
-            let mut out = BytesMut::new();
+            // Only reference counts are taken under the lock; the copy happens after it.
+            let mut picked: Vec<Bytes> = Vec::new();
+            let mut picked_bytes = 0usize;
             for (_, batch) in ring.batches.iter().skip(first) {
                 // At least one batch per response, as Kafka does, so that progress is made.
-                if !out.is_empty()
-                    && (out.len() + batch.len() > partition_max
-                        || total + out.len() + batch.len() > max_bytes)
+                if picked_bytes > 0
+                    && (picked_bytes + batch.len() > partition_max
+                        || total + picked_bytes + batch.len() > max_bytes)
                 {
                     break;
                 }
-                out.extend_from_slice(batch);
+                picked_bytes += batch.len();
+                picked.push(batch.clone());
             }
+            drop(ring);
+            let out = match picked.len() {
+                1 => picked.pop().unwrap_or_default(),
+                _ => {
+                    let mut out = BytesMut::with_capacity(picked_bytes);
+                    for batch in &picked {
+                        out.extend_from_slice(batch);
+                    }
+                    out.freeze()
+                }
+            };
             total += out.len();
-            partitions.push(data.with_records(Some(out.freeze())));
+            partitions.push(data.with_records(Some(out)));
         }
         responses.push(
             FetchableTopicResponse::default()
@@ -412,6 +505,8 @@ mod tests {
         );
         assert_eq!(append(&ring, Some(&Bytes::from_static(b"garbage"))), None);
         assert_eq!(append(&ring, None), None);
+        // Nothing is dropped before a consumer has fetched past it.
+        ring.lock().fetched_offset = i64::MAX;
         let big = batch(10_000); // ~1.2 MB
         let rounds = RING_BYTES_PER_PARTITION / big.len() + 2;
         for _ in 0..rounds {

@@ -626,8 +626,8 @@ async fn run_consumer(
                 if data.error_code == OFFSET_OUT_OF_RANGE {
                     ctx.state.consume_errors.fetch_add(1, Ordering::Relaxed);
                     return Err(BenchError::Protocol(format!(
-                        "offset {} of partition {g} is no longer on the target (OFFSET_OUT_OF_RANGE)",
-                        offsets[i]
+                        "offset {} of partition {g} is no longer on the target (OFFSET_OUT_OF_RANGE; log start {}, high watermark {})",
+                        offsets[i], data.log_start_offset, data.high_watermark
                     )));
                 }
                 if data.error_code != 0 {

@@ -554,18 +554,13 @@ impl Broker {
         Ok(info)
     }
 
-    /// Deletes a topic and its data. Committed offsets of the topic are removed by a
-    /// task spawned on the current runtime (the group API is async).
+    /// Deletes a topic, its data and every group's committed offsets for it; returns once
+    /// all of that is done.
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         self.check_running()?;
         {
             let _admin = self.admin.lock();
-            let topic = self
-                .topics
-                .read()
-                .get(name)
-                .cloned()
-                .ok_or(CoreError::UnknownTopicOrPartition)?;
+            let topic = self.live_topic(name)?;
             // The tombstone is durable before any data goes: a crash in between leaves
             // stray logs that the next start removes, never a topic without its data.
             self.write_topic_record(name, None)?;
@@ -586,12 +581,7 @@ impl Broker {
     pub fn create_partitions(&self, name: &str, total: u32, validate_only: bool) -> Result<()> {
         self.check_running()?;
         let _admin = self.admin.lock();
-        let topic = self
-            .topics
-            .read()
-            .get(name)
-            .cloned()
-            .ok_or(CoreError::UnknownTopicOrPartition)?;
+        let topic = self.live_topic(name)?;
         let current = topic.info.partitions;
         if total == current {
             return Err(CoreError::InvalidPartitions(format!(
@@ -638,12 +628,7 @@ impl Broker {
 
     /// Effective configuration of a topic.
     pub fn describe_topic_config(&self, name: &str) -> Result<Vec<ConfigEntry>> {
-        let topic = self
-            .topics
-            .read()
-            .get(name)
-            .cloned()
-            .ok_or(CoreError::UnknownTopicOrPartition)?;
+        let topic = self.live_topic(name)?;
         Ok(topic.info.config.entries(&self.config.topic_defaults))
     }
 
@@ -658,12 +643,7 @@ impl Broker {
     ) -> Result<()> {
         self.check_running()?;
         let _admin = self.admin.lock();
-        let topic = self
-            .topics
-            .read()
-            .get(name)
-            .cloned()
-            .ok_or(CoreError::UnknownTopicOrPartition)?;
+        let topic = self.live_topic(name)?;
         let overrides = TopicConfig::apply_ops(&topic.info.config.overrides, ops, incremental)?;
         let config = TopicConfig::resolve(&self.config.topic_defaults, overrides)?;
         if validate_only {
@@ -997,6 +977,15 @@ impl Broker {
         let topic = self.topics.read().get(topic).cloned()?;
         let partition = topic.partitions.get(partition as usize).cloned()?;
         Some((topic, partition))
+    }
+
+    /// The topic `name`, or `UnknownTopicOrPartition`.
+    fn live_topic(&self, name: &str) -> Result<Arc<Topic>> {
+        self.topics
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or(CoreError::UnknownTopicOrPartition)
     }
 
     /// Every live partition.

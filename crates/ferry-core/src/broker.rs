@@ -208,6 +208,10 @@ pub struct Broker {
     snapshot_lock: tokio::sync::Mutex<Option<u64>>,
     /// Whether shutdown has completed.
     shutdown_done: tokio::sync::Mutex<bool>,
+    /// Virtual hosts: exchanges, bindings, queues.
+    vhosts: crate::routing::VHosts,
+    /// Users and permissions.
+    auth: crate::auth::Auth,
 }
 
 impl std::fmt::Debug for Broker {
@@ -366,6 +370,8 @@ impl Broker {
             appends: AtomicU64::new(0),
             snapshot_lock: tokio::sync::Mutex::new(Some(0)),
             shutdown_done: tokio::sync::Mutex::new(false),
+            vhosts: crate::routing::VHosts { _private: () },
+            auth: crate::auth::Auth { _private: () },
             config,
         });
         broker.spawn_background();
@@ -433,6 +439,16 @@ impl Broker {
     /// The settings the broker was opened with.
     pub fn config(&self) -> &BrokerConfig {
         &self.config
+    }
+
+    /// Virtual hosts with their exchanges, bindings and queues.
+    pub fn vhosts(&self) -> &crate::routing::VHosts {
+        &self.vhosts
+    }
+
+    /// Users and permissions.
+    pub fn auth(&self) -> &crate::auth::Auth {
+        &self.auth
     }
 
     /// This node's id.

@@ -10,14 +10,19 @@
 //! All durable state (topic metadata, committed offsets, producer ids) is kept as records
 //! in internal logs on the same storage engine, replayed at startup.
 
+pub mod auth;
 mod broker;
 mod config;
 mod error;
 pub mod group;
 mod internal;
+pub mod message;
 mod metadata;
+pub mod mq;
 mod partition;
 mod producer;
+pub mod queue;
+pub mod routing;
 mod topic;
 
 pub use broker::{

@@ -1,0 +1,228 @@
+//! The registry of virtual hosts, and the replay of durable definitions at start.
+//!
+//! Start-up runs in two steps because queues need the broker (stream queues are Kafka
+//! topics): [`VHosts::load`] replays `__ferry_definitions` before the broker exists, and
+//! [`VHosts::recover`] rebuilds vhosts, durable exchanges, queues (reopened with their
+//! messages) and bindings once it does, then deletes the logs of queues that did not
+//! survive (non-durable queues of the previous run).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+
+use bytes::Bytes;
+use ferry_storage::{FlushPolicy, Store};
+use parking_lot::{Mutex, RwLock};
+use tracing::{info, warn};
+
+use super::definitions::{
+    field_table, DefinitionKey, DefinitionsState, VhostRecord, DEFINITIONS_LOG,
+};
+use super::vhost::VHost;
+use super::DEFAULT_VHOST;
+use crate::internal::{now_ms, to_json, InternalLog};
+use crate::mq::{ConnectionId, MqError, MqResult};
+use crate::Result;
+
+/// What every vhost shares: the store, the broker and the definitions log.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub store: Arc<Store>,
+    pub broker: Weak<crate::Broker>,
+    definitions: InternalLog,
+}
+
+impl Shared {
+    /// Writes definition records (values or tombstones) and waits until they are on disk.
+    pub fn persist(&self, entries: Vec<(DefinitionKey, Option<Bytes>)>) -> MqResult<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let entries = entries
+            .into_iter()
+            .map(|(key, value)| (to_json(&key), value))
+            .collect();
+        self.definitions.append_durable(entries, now_ms())?;
+        Ok(())
+    }
+}
+
+/// The definitions replayed by [`VHosts::load`], waiting for [`VHosts::recover`].
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    definitions: InternalLog,
+    state: DefinitionsState,
+    first_start: bool,
+}
+
+/// Every virtual host of the broker.
+#[derive(Debug)]
+pub struct VHosts {
+    shared: Arc<Shared>,
+    hosts: RwLock<BTreeMap<String, Arc<VHost>>>,
+    /// Serialises adding and deleting vhosts.
+    admin: Mutex<()>,
+    /// Definitions replayed but not yet applied.
+    pending: Mutex<Option<(DefinitionsState, bool)>>,
+}
+
+impl VHosts {
+    /// Opens and replays the definitions log.
+    pub(crate) fn load(store: &Store) -> Result<Loaded> {
+        let (definitions, records) = InternalLog::open(store, DEFINITIONS_LOG, FlushPolicy::Sync)?;
+        let first_start = records.is_empty();
+        let state = DefinitionsState::replay(&records)?;
+        Ok(Loaded {
+            definitions,
+            state,
+            first_start,
+        })
+    }
+
+    /// The registry over loaded definitions; nothing is applied until [`VHosts::recover`].
+    pub(crate) fn new(loaded: Loaded, store: Arc<Store>, broker: Weak<crate::Broker>) -> VHosts {
+        VHosts {
+            shared: Arc::new(Shared {
+                store,
+                broker,
+                definitions: loaded.definitions,
+            }),
+            hosts: RwLock::new(BTreeMap::new()),
+            admin: Mutex::new(()),
+            pending: Mutex::new(Some((loaded.state, loaded.first_start))),
+        }
+    }
+
+    /// Rebuilds the durable definitions (the broker must exist) and deletes the logs of
+    /// queues that were not durable. Creates the default vhost on first start.
+    pub(crate) fn recover(&self) -> Result<()> {
+        let Some((state, first_start)) = self.pending.lock().take() else {
+            return Ok(());
+        };
+        if first_start {
+            self.add(DEFAULT_VHOST).map_err(core_error)?;
+        }
+        {
+            let mut hosts = self.hosts.write();
+            for name in state.vhosts.keys() {
+                hosts
+                    .entry(name.clone())
+                    .or_insert_with(|| VHost::new(name, self.shared.clone()));
+            }
+        }
+        for ((vhost, name), record) in &state.exchanges {
+            let Some(host) = self.hosts.read().get(vhost).cloned() else {
+                continue;
+            };
+            if let Err(e) = host.restore_exchange(name, record) {
+                warn!(vhost, exchange = name, error = %e, "durable exchange not restored");
+            }
+        }
+        let mut queues = 0usize;
+        for ((vhost, name), record) in &state.queues {
+            let Some(host) = self.hosts.read().get(vhost).cloned() else {
+                continue;
+            };
+            match host.restore_queue(name, record) {
+                Ok(()) => queues += 1,
+                Err(e) => warn!(vhost, queue = name, error = %e, "durable queue not restored"),
+            }
+        }
+        for (key, record) in &state.bindings {
+            let DefinitionKey::Binding {
+                vhost,
+                source,
+                destination_kind,
+                destination,
+                routing_key,
+                ..
+            } = key
+            else {
+                continue;
+            };
+            let Some(host) = self.hosts.read().get(vhost).cloned() else {
+                continue;
+            };
+            host.restore_binding(
+                source,
+                destination_kind,
+                destination,
+                routing_key,
+                field_table(&record.arguments),
+            );
+        }
+        info!(
+            vhosts = self.hosts.read().len(),
+            queues, "queue definitions recovered"
+        );
+        Ok(())
+    }
+
+    /// The vhost `name`; NotAllowed (`vhost x not found`, RabbitMQ's text) if it does
+    /// not exist.
+    pub fn get(&self, name: &str) -> MqResult<Arc<VHost>> {
+        self.hosts
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| MqError::NotAllowed(format!("vhost {name} not found")))
+    }
+
+    /// Names of all vhosts.
+    pub fn names(&self) -> Vec<String> {
+        self.hosts.read().keys().cloned().collect()
+    }
+
+    /// Creates a vhost (with its `amq.*` exchanges); idempotent.
+    pub fn add(&self, name: &str) -> MqResult<()> {
+        let _admin = self.admin.lock();
+        if self.hosts.read().contains_key(name) {
+            return Ok(());
+        }
+        self.shared.persist(vec![(
+            DefinitionKey::Vhost {
+                name: name.to_string(),
+            },
+            Some(to_json(&VhostRecord {})),
+        )])?;
+        self.hosts
+            .write()
+            .insert(name.to_string(), VHost::new(name, self.shared.clone()));
+        Ok(())
+    }
+
+    /// Deletes a vhost and everything in it (NOT_FOUND `vhost x not found` if absent).
+    pub async fn delete(&self, name: &str) -> MqResult<()> {
+        let host = {
+            let _admin = self.admin.lock();
+            self.hosts.write().remove(name)
+        }
+        .ok_or_else(|| MqError::NotFound(format!("vhost {name} not found")))?;
+        let mut tombstones: Vec<(DefinitionKey, Option<Bytes>)> = host
+            .delete_all()
+            .into_iter()
+            .map(|key| (key, None))
+            .collect();
+        tombstones.push((
+            DefinitionKey::Vhost {
+                name: name.to_string(),
+            },
+            None,
+        ));
+        self.shared.persist(tombstones)
+    }
+
+    /// A connection closed: delete its exclusive queues in every vhost.
+    pub fn connection_closed(&self, connection: ConnectionId) {
+        let hosts: Vec<Arc<VHost>> = self.hosts.read().values().cloned().collect();
+        for host in hosts {
+            host.connection_closed(connection);
+        }
+    }
+}
+
+fn core_error(e: MqError) -> crate::CoreError {
+    match e {
+        MqError::Core(core) => core,
+        other => crate::CoreError::CorruptMessage(format!("definitions: {other}")),
+    }
+}

@@ -255,6 +255,16 @@ pub fn message_from_record(record: &Record) -> MqResult<Message> {
     })
 }
 
+/// Whether a stored record is a persistent message (`amqp.delivery-mode` 2), read from its
+/// headers without decoding the message (recovery drops transient ones).
+pub(crate) fn record_is_persistent(record: &Record) -> bool {
+    record
+        .headers
+        .iter()
+        .find(|(name, _)| name == "amqp.delivery-mode")
+        .is_some_and(|(_, value)| value.as_deref() == Some(b"2".as_slice()))
+}
+
 /// Parses a decimal text property; a value a Kafka producer wrote badly is ignored.
 fn parse_text<T: std::str::FromStr>(value: &[u8]) -> Option<T> {
     std::str::from_utf8(value).ok()?.trim().parse().ok()
@@ -478,11 +488,6 @@ pub(crate) struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    /// Whether everything was read.
-    pub fn is_done(&self) -> bool {
-        self.pos >= self.buf.len()
-    }
-
     /// One byte.
     pub fn u8(&mut self) -> MqResult<u8> {
         let b = *self.buf.get(self.pos).ok_or_else(|| corrupt("truncated"))?;

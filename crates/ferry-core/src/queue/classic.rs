@@ -27,8 +27,9 @@ use crate::mq::{MqError, MqResult};
 
 /// Most decoded messages kept ahead of the read position per level.
 const READ_AHEAD_MESSAGES: usize = 256;
-/// Bytes read from the log per read-ahead step.
-const READ_AHEAD_BYTES: u32 = 256 << 10;
+/// Bytes read from the log per read-ahead step (with `READ_AHEAD_MESSAGES`, what one
+/// queue with a backlog holds in memory).
+const READ_AHEAD_BYTES: u32 = 64 << 10;
 /// Bytes read per step by the recovery scan.
 const RECOVERY_READ_BYTES: u32 = 4 << 20;
 /// Queue logs roll segments at this size, so consumed messages free disk in these steps.
@@ -187,6 +188,9 @@ struct State {
     delete_due: Option<DeleteReason>,
     delete_asked: bool,
     ack_records_since_snapshot: u64,
+    /// Whether a ready message may carry a TTL (the maintenance task then looks at the
+    /// heads; otherwise it leaves the read-ahead alone).
+    may_expire: bool,
     /// Whether the maintenance task knows of a deadline (an enqueue with a TTL wakes it
     /// only when not).
     timer_armed: bool,
@@ -324,6 +328,7 @@ impl Classic {
             delete_asked: false,
             ack_records_since_snapshot: 0,
             timer_armed: false,
+            may_expire: settings.message_ttl_ms.is_some(),
             deleted: false,
         };
         for (log, mut cursor) in logs.into_iter().zip(cursors) {
@@ -336,6 +341,8 @@ impl Classic {
             cursor.read_pos = cursor.read_pos.min(end);
             let mut level = Level::new(log, cursor);
             let (count, bytes) = recover_level(&mut level)?;
+            // Recovered messages may carry a per-message expiration.
+            state.may_expire |= count > 0;
             state.ready_count += count;
             state.ready_bytes += bytes;
             state.levels.push(level);
@@ -570,6 +577,7 @@ impl Classic {
         Self::dispatch(&mut st, settings, now, dead)?;
         Self::enforce_limits(&mut st, settings, now, dead)?;
         let expiring = settings.message_ttl_ms.is_some() || message.properties.expiration.is_some();
+        st.may_expire |= expiring;
         if expiring && !st.timer_armed {
             st.timer_armed = true;
             wake_timer.notify_one();
@@ -608,15 +616,16 @@ impl Classic {
         self.state.lock().ready_count
     }
 
-    /// Puts a delivered message back (flagged redelivered), to be delivered first.
-    fn requeue(st: &mut State, id: DeliveryId) -> bool {
+    /// Puts a delivered message back, to be delivered first; `redelivered` unless the
+    /// consumer never took it.
+    fn requeue(st: &mut State, id: DeliveryId, redelivered: bool) -> bool {
         let Some(level) = st.levels.get_mut(usize::from(id.level)) else {
             return false;
         };
         let Some(mut held) = level.unacked.remove(&id.offset) else {
             return false;
         };
-        held.redelivered = true;
+        held.redelivered |= redelivered;
         st.ready_count += 1;
         st.ready_bytes += held.size;
         level.requeued.insert(held.offset, held);
@@ -639,7 +648,7 @@ impl Classic {
         };
         let slot = st.consumers.remove(pos);
         if let Some(delivery) = slot.mailbox {
-            Self::requeue(&mut st, delivery.id);
+            Self::requeue(&mut st, delivery.id, false);
         }
         st.last_used_ms = now;
         if st.consumers.is_empty() {
@@ -732,7 +741,7 @@ impl Classic {
         let mut st = self.state.lock();
         for id in ids {
             if requeue {
-                Self::requeue(&mut st, *id);
+                Self::requeue(&mut st, *id, true);
                 continue;
             }
             if let Some(level) = st.levels.get_mut(usize::from(id.level)) {
@@ -810,7 +819,8 @@ impl Classic {
         }
         let mut next = now + MAINTENANCE_INTERVAL_MS;
         let mut armed = false;
-        for index in 0..st.levels.len() {
+        let levels = if st.may_expire { st.levels.len() } else { 0 };
+        for index in 0..levels {
             loop {
                 let head = match st.levels[index].peek() {
                     Ok(head) => head.map(|h| expires_at(settings, h)),
@@ -837,6 +847,9 @@ impl Classic {
             }
         }
         st.timer_armed = armed;
+        if st.ready_count == 0 && settings.message_ttl_ms.is_none() {
+            st.may_expire = false;
+        }
         if let (Some(expires), true) = (settings.expires_ms, st.consumers.is_empty()) {
             let at = st.last_used_ms.saturating_add(expires as i64);
             if now >= at {

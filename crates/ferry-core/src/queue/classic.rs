@@ -20,9 +20,9 @@ use tokio::sync::Notify;
 use super::acklog::{self, LevelCursor, ACK_RECORDS_PER_SNAPSHOT};
 use super::{
     ConsumerEnd, ConsumerShared, DeadLetterReason, Delivery, DeliveryId, EnqueueOutcome, Overflow,
-    QueueSettings,
+    QueueSettings, QueueType,
 };
-use crate::message::{message_from_record, record_is_persistent, Message};
+use crate::message::{message_from_record, record_is_persistent, FieldTable, FieldValue, Message};
 use crate::mq::{MqError, MqResult};
 
 /// Most decoded messages kept ahead of the read position per level.
@@ -51,6 +51,8 @@ struct Held {
     /// When it was enqueued (its record timestamp): TTLs count from here.
     enqueued_ms: i64,
     redelivered: bool,
+    /// Times it was returned to the queue (quorum queues' `x-delivery-count`).
+    returns: u32,
     /// Body bytes, as `x-max-length-bytes` counts them.
     size: u64,
 }
@@ -123,6 +125,7 @@ impl Level {
                         message,
                         enqueued_ms: header.base_timestamp + record.timestamp_delta,
                         redelivered: offset < self.redelivered_below,
+                        returns: 0,
                         size,
                     });
                 }
@@ -210,6 +213,10 @@ pub(crate) struct Classic {
     log_ids: Vec<LogId>,
     /// RabbitMQ's NOT_FOUND text for this queue once deleted.
     missing: String,
+    /// A quorum queue: deliveries carry `x-delivery-count`, `x-delivery-limit` applies.
+    quorum: bool,
+    /// Quorum `x-delivery-limit`: a message returned more often is dead-lettered.
+    delivery_limit: Option<u64>,
 }
 
 /// The expiry time of a held message: enqueue time plus the smaller of the queue's and the
@@ -352,6 +359,12 @@ impl Classic {
             ack_log,
             log_ids,
             missing: format!("no queue '{name}' in vhost '{vhost}'"),
+            quorum: settings.queue_type == QueueType::Quorum,
+            delivery_limit: settings
+                .arguments
+                .get("x-delivery-limit")
+                .and_then(super::settings::int_of)
+                .and_then(|v| u64::try_from(v).ok()),
         };
         {
             let mut st = classic.state.lock();
@@ -446,15 +459,26 @@ impl Classic {
     }
 
     /// Records a delivery; `track` keeps it unacked (else it is settled now).
-    fn hand_out(st: &mut State, index: usize, held: Held, track: bool) -> Delivery {
+    fn hand_out(&self, st: &mut State, index: usize, held: Held, track: bool) -> Delivery {
         let level = &mut st.levels[index];
         level.delivered_below = level.delivered_below.max(held.offset + 1);
+        let mut message = held.message.clone();
+        if self.quorum && held.returns > 0 {
+            message
+                .properties
+                .headers
+                .get_or_insert_with(FieldTable::new)
+                .insert(
+                    "x-delivery-count".to_string(),
+                    FieldValue::I64(i64::from(held.returns)),
+                );
+        }
         let delivery = Delivery {
             id: DeliveryId {
                 level: index as u8,
                 offset: held.offset,
             },
-            message: held.message.clone(),
+            message,
             redelivered: held.redelivered,
             remaining: st.ready_count,
         };
@@ -487,6 +511,7 @@ impl Classic {
 
     /// Hands ready messages to waiting consumers.
     fn dispatch(
+        &self,
         st: &mut State,
         settings: &QueueSettings,
         now: i64,
@@ -496,7 +521,7 @@ impl Classic {
             let Some((index, held)) = Self::pop_ready(st, settings, now, dead)? else {
                 break;
             };
-            let delivery = Self::hand_out(st, index, held, true);
+            let delivery = self.hand_out(st, index, held, true);
             let slot = &mut st.consumers[slot];
             slot.mailbox = Some(delivery);
             slot.waiting = None;
@@ -568,13 +593,14 @@ impl Classic {
                 message: message.clone(),
                 enqueued_ms: now,
                 redelivered: false,
+                returns: 0,
                 size,
             });
             level.read_pos = offset + 1;
         }
         st.ready_count += 1;
         st.ready_bytes += size;
-        Self::dispatch(&mut st, settings, now, dead)?;
+        self.dispatch(&mut st, settings, now, dead)?;
         Self::enforce_limits(&mut st, settings, now, dead)?;
         let expiring = settings.message_ttl_ms.is_some() || message.properties.expiration.is_some();
         st.may_expire |= expiring;
@@ -617,19 +643,39 @@ impl Classic {
     }
 
     /// Puts a delivered message back, to be delivered first; `redelivered` unless the
-    /// consumer never took it.
-    fn requeue(st: &mut State, id: DeliveryId, redelivered: bool) -> bool {
+    /// consumer never took it. A quorum queue dead-letters it past `x-delivery-limit`.
+    fn requeue(
+        &self,
+        st: &mut State,
+        settings: &QueueSettings,
+        id: DeliveryId,
+        redelivered: bool,
+        dead: &mut DeadLetters,
+    ) {
         let Some(level) = st.levels.get_mut(usize::from(id.level)) else {
-            return false;
+            return;
         };
         let Some(mut held) = level.unacked.remove(&id.offset) else {
-            return false;
+            return;
         };
         held.redelivered |= redelivered;
+        if redelivered {
+            held.returns = held.returns.saturating_add(1);
+            if self.quorum
+                && self
+                    .delivery_limit
+                    .is_some_and(|limit| u64::from(held.returns) > limit)
+            {
+                level.settle(held.offset, held.offset + 1);
+                if settings.dead_letters() {
+                    dead.push((held.message, DeadLetterReason::DeliveryLimit));
+                }
+                return;
+            }
+        }
         st.ready_count += 1;
         st.ready_bytes += held.size;
         level.requeued.insert(held.offset, held);
-        true
     }
 
     /// Unregisters a consumer: a delivery it never took goes back; may make the queue due
@@ -648,7 +694,7 @@ impl Classic {
         };
         let slot = st.consumers.remove(pos);
         if let Some(delivery) = slot.mailbox {
-            Self::requeue(&mut st, delivery.id, false);
+            self.requeue(&mut st, settings, delivery.id, false, dead);
         }
         st.last_used_ms = now;
         if st.consumers.is_empty() {
@@ -657,7 +703,7 @@ impl Classic {
             }
             // x-expires counts from now.
             wake_timer.notify_one();
-        } else if let Err(e) = Self::dispatch(&mut st, settings, now, dead) {
+        } else if let Err(e) = self.dispatch(&mut st, settings, now, dead) {
             tracing::warn!("queue dispatch after a consumer left failed: {e}");
         }
         self.persist(&mut st, now);
@@ -681,7 +727,7 @@ impl Classic {
                 st.next_seq += 1;
                 st.consumers[pos].waiting = Some(st.next_seq);
             }
-            if let Err(e) = Self::dispatch(&mut st, settings, now, dead) {
+            if let Err(e) = self.dispatch(&mut st, settings, now, dead) {
                 tracing::warn!("queue dispatch failed: {e}");
             }
         }
@@ -711,7 +757,7 @@ impl Classic {
         self.check_live(&st)?;
         st.last_used_ms = now;
         let popped = Self::pop_ready(&mut st, settings, now, dead)?;
-        let delivery = popped.map(|(index, held)| Self::hand_out(&mut st, index, held, !no_ack));
+        let delivery = popped.map(|(index, held)| self.hand_out(&mut st, index, held, !no_ack));
         self.persist(&mut st, now);
         Ok(delivery)
     }
@@ -741,7 +787,7 @@ impl Classic {
         let mut st = self.state.lock();
         for id in ids {
             if requeue {
-                Self::requeue(&mut st, *id, true);
+                self.requeue(&mut st, settings, *id, true, dead);
                 continue;
             }
             if let Some(level) = st.levels.get_mut(usize::from(id.level)) {
@@ -754,7 +800,7 @@ impl Classic {
             }
         }
         if requeue {
-            Self::dispatch(&mut st, settings, now, dead)?;
+            self.dispatch(&mut st, settings, now, dead)?;
         }
         self.persist(&mut st, now);
         Ok(())

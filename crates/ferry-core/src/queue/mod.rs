@@ -48,7 +48,7 @@ use classic::{Classic, DeadLetters};
 pub use settings::{
     queue_resource, type_name, Overflow, QueueSettings, QueueType, MAX_EXPIRY_MS, MAX_PRIORITY,
 };
-pub use stream::stream_topic;
+pub use stream::{stream_topic, STREAM_OFFSET_HEADER};
 use stream::{Stream, StreamCursor};
 
 /// Wait after a failed stream read before trying again (the log is being cut by retention
@@ -604,7 +604,10 @@ impl Queue {
                 self.send_dead_letters(dead);
                 result
             }
-            Engine::Stream(_) => Ok(()),
+            Engine::Stream(_) => Err(MqError::NotImplemented(format!(
+                "basic.nack and basic.reject not supported by stream queues {}",
+                queue_resource(&self.vhost, &self.name)
+            ))),
         }
     }
 

@@ -102,7 +102,7 @@ pub fn type_name(value: &FieldValue) -> &'static str {
 }
 
 /// The integer of an integer-typed value (RabbitMQ's `?INTEGER_ARG_TYPES`).
-fn int_of(value: &FieldValue) -> Option<i64> {
+pub(crate) fn int_of(value: &FieldValue) -> Option<i64> {
     Some(match value {
         FieldValue::I8(v) => (*v).into(),
         FieldValue::U8(v) => (*v).into(),
@@ -132,7 +132,8 @@ fn unacceptable(value: &FieldValue) -> ArgError {
 }
 
 fn int_arg(value: &FieldValue) -> Result<i64, ArgError> {
-    int_of(value).ok_or_else(|| unacceptable(value))
+    // RabbitMQ 3.10 formats this one as a string (`~p` of "expected integer, got T").
+    int_of(value).ok_or_else(|| format!("\"expected integer, got {}\"", type_name(value)))
 }
 
 fn non_neg_int(value: &FieldValue) -> Result<u64, ArgError> {
@@ -271,7 +272,7 @@ impl QueueSettings {
                             "classic" => QueueType::Classic,
                             "quorum" => QueueType::Quorum,
                             "stream" => QueueType::Stream,
-                            _ => return Err("invalid_queue_type".to_string()),
+                            other => return Err(format!("\"unsupported queue type '{other}'\"")),
                         }
                     }
                     _ => {}
@@ -306,24 +307,27 @@ fn check_replicated_type(
     arguments: &FieldTable,
     rs: &str,
 ) -> MqResult<()> {
-    let unsupported: &[&str] = match settings.queue_type {
-        QueueType::Quorum => &["x-max-priority", "x-queue-mode"],
-        QueueType::Stream => &[
-            "x-expires",
-            "x-message-ttl",
-            "x-max-priority",
-            "x-queue-mode",
-            "x-overflow",
-            "x-max-in-memory-length",
-            "x-max-in-memory-bytes",
-            "x-quorum-initial-group-size",
-            "x-cancel-on-ha-failover",
-        ],
-        QueueType::Classic => &[],
+    let (unsupported, module): (&[&str], &str) = match settings.queue_type {
+        QueueType::Quorum => (&["x-max-priority", "x-queue-mode"], "rabbit_quorum_queue"),
+        QueueType::Stream => (
+            &[
+                "x-expires",
+                "x-message-ttl",
+                "x-max-priority",
+                "x-queue-mode",
+                "x-overflow",
+                "x-max-in-memory-length",
+                "x-max-in-memory-bytes",
+                "x-quorum-initial-group-size",
+                "x-cancel-on-ha-failover",
+            ],
+            "rabbit_stream_queue",
+        ),
+        QueueType::Classic => (&[], "rabbit_classic_queue"),
     };
     if let Some(key) = unsupported.iter().find(|k| arguments.contains_key(**k)) {
         return Err(MqError::PreconditionFailed(format!(
-            "invalid arg '{key}' for {rs}"
+            "invalid arg '{key}' for {rs} of queue type {module}"
         )));
     }
     let property = if settings.auto_delete {
@@ -415,7 +419,7 @@ mod tests {
             ),
             (
                 vec![("x-max-length", s("10"))],
-                "invalid arg 'x-max-length' for queue 'q' in vhost '/': {unacceptable_type,longstr}",
+                "invalid arg 'x-max-length' for queue 'q' in vhost '/': \"expected integer, got longstr\"",
             ),
             (
                 vec![("x-expires", FieldValue::I32(0))],
@@ -427,7 +431,7 @@ mod tests {
             ),
             (
                 vec![("x-message-ttl", FieldValue::F64(1.5))],
-                "invalid arg 'x-message-ttl' for queue 'q' in vhost '/': {unacceptable_type,double}",
+                "invalid arg 'x-message-ttl' for queue 'q' in vhost '/': \"expected integer, got double\"",
             ),
             (
                 vec![("x-max-priority", FieldValue::I32(256))],
@@ -501,11 +505,18 @@ mod tests {
                 ("x-queue-type", stream),
                 ("x-message-ttl", FieldValue::I32(5))
             ])),
-            "invalid arg 'x-message-ttl' for queue 'q' in vhost '/'"
+            "invalid arg 'x-message-ttl' for queue 'q' in vhost '/' of queue type rabbit_stream_queue"
+        );
+        assert_eq!(
+            text(parse(&[
+                ("x-queue-type", s("quorum")),
+                ("x-max-priority", FieldValue::I32(5))
+            ])),
+            "invalid arg 'x-max-priority' for queue 'q' in vhost '/' of queue type rabbit_quorum_queue"
         );
         assert_eq!(
             text(parse(&[("x-queue-type", s("lazy"))])),
-            "invalid arg 'x-queue-type' for queue 'q' in vhost '/': invalid_queue_type"
+            "invalid arg 'x-queue-type' for queue 'q' in vhost '/': \"unsupported queue type 'lazy'\""
         );
     }
 }

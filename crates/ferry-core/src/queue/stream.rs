@@ -8,12 +8,14 @@ use bytes::Bytes;
 use ferry_storage::batch::{decode_records, split_batches, BatchHeader};
 
 use super::{Delivery, DeliveryId, EnqueueOutcome, StreamStart};
-use crate::message::{message_from_record, Message};
+use crate::message::{message_from_record, FieldTable, FieldValue, Message};
 use crate::mq::{MqError, MqResult};
 use crate::partition::{AppendOutcome, Partition};
 use crate::topic::{is_internal_name, validate_topic_name};
 use crate::{Broker, CoreError};
 
+/// Header carrying a stream delivery's offset.
+pub const STREAM_OFFSET_HEADER: &str = "x-stream-offset";
 /// Bytes a stream consumer reads from the log per step (its read-ahead bound).
 const STREAM_READ_BYTES: u32 = 256 << 10;
 
@@ -152,7 +154,15 @@ impl Stream {
                         continue;
                     }
                     match message_from_record(&record) {
-                        Ok(message) => cursor.buffer.push_back((offset, message)),
+                        Ok(mut message) => {
+                            // RabbitMQ tells stream consumers each message's offset.
+                            message
+                                .properties
+                                .headers
+                                .get_or_insert_with(FieldTable::new)
+                                .insert(STREAM_OFFSET_HEADER.to_string(), FieldValue::I64(offset));
+                            cursor.buffer.push_back((offset, message));
+                        }
                         Err(e) => {
                             tracing::warn!(topic = %self.topic, offset, "stream record skipped: {e}")
                         }

@@ -321,6 +321,63 @@ async fn ttl_expires_at_the_head_even_without_consumers() {
 }
 
 #[tokio::test]
+async fn zero_ttl_delivers_only_to_a_waiting_consumer() {
+    let fx = Fixture::new();
+    let q = fx.queue(false, &[("x-message-ttl", FieldValue::I32(0))]);
+    let c = q.add_consumer(spec("c")).expect("c");
+    let (qq, cc) = (q.clone(), c.clone());
+    let waiting = tokio::spawn(async move { body(&qq.next_delivery(&cc).await.expect("d")) });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    put(&q, &msg("caught"));
+    assert_eq!(within(waiting).await.expect("join"), "caught");
+    put(&q, &msg("dropped"));
+    wait_until(|| q.message_count() == 0).await;
+    let (qq, cc) = (q.clone(), c.clone());
+    let late = tokio::spawn(async move { qq.next_delivery(&cc).await.map(|d| body(&d)) });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!late.is_finished(), "an expired message was delivered");
+    late.abort();
+}
+
+#[tokio::test]
+async fn quorum_delivery_count_and_limit() {
+    let fx = Fixture::new();
+    let q = fx.queue(
+        true,
+        &[
+            ("x-queue-type", s("quorum")),
+            ("x-delivery-limit", FieldValue::I32(1)),
+            ("x-dead-letter-exchange", s("dlx")),
+        ],
+    );
+    put(&q, &msg("m"));
+    let first = get(&q);
+    assert!(first
+        .message
+        .properties
+        .headers
+        .as_ref()
+        .is_none_or(|h| !h.contains_key("x-delivery-count")));
+    q.reject(&[first.id], true).expect("requeue");
+    let second = get(&q);
+    assert_eq!(
+        second
+            .message
+            .properties
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("x-delivery-count")),
+        Some(&FieldValue::I64(1))
+    );
+    q.reject(&[second.id], true).expect("requeue");
+    assert_eq!(q.message_count(), 0);
+    assert_eq!(
+        fx.sink.dead_bodies(),
+        [("m".to_string(), DeadLetterReason::DeliveryLimit)]
+    );
+}
+
+#[tokio::test]
 async fn length_limits_and_overflow() {
     let fx = Fixture::new();
     let q = fx.queue(
@@ -536,6 +593,19 @@ async fn stream_queue_is_a_kafka_topic() {
         seen.push(body(&d));
     }
     assert_eq!(seen, ["a", "b", "from-kafka"]);
+    match q.reject(
+        &[DeliveryId {
+            level: 0,
+            offset: 0,
+        }],
+        true,
+    ) {
+        Err(MqError::NotImplemented(t)) => assert_eq!(
+            t,
+            "basic.nack and basic.reject not supported by stream queues queue 'events' in vhost '/'"
+        ),
+        other => panic!("{other:?}"),
+    }
     let last = within(q.next_delivery(&c));
     let mut next = spec("next");
     next.stream_start = StreamStart::Next;
@@ -546,7 +616,16 @@ async fn stream_queue_is_a_kafka_topic() {
     let mut offset = spec("offset");
     offset.stream_start = StreamStart::Offset(1);
     let o = q.add_consumer(offset).expect("consumer");
-    assert_eq!(body(&within(q.next_delivery(&o)).await.expect("d")), "b");
+    let d = within(q.next_delivery(&o)).await.expect("d");
+    assert_eq!(body(&d), "b");
+    assert_eq!(
+        d.message
+            .properties
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(STREAM_OFFSET_HEADER)),
+        Some(&FieldValue::I64(1))
+    );
     // A redeclare adopts the same topic.
     let again = Queue::open(&env, "/", "events", settings).expect("reopen");
     assert_eq!(again.message_count(), 4);

@@ -420,6 +420,8 @@ impl Broker {
         }
 
         let mut first_error = None;
+        // Queues end their consumers and persist their cursors while the store still runs.
+        self.vhosts.shutdown();
         if let Err(e) = self.snapshot_producers(true).await {
             warn!(error = %e, "final producer-state snapshot failed; the next start scans the logs");
             first_error.get_or_insert(e);

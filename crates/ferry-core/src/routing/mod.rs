@@ -14,6 +14,8 @@ mod binding;
 mod dead_letter;
 mod definitions;
 mod headers;
+#[cfg(test)]
+mod tests;
 mod topic;
 mod vhost;
 mod vhosts;

@@ -30,7 +30,7 @@ use crate::internal::to_json;
 use crate::message::{FieldTable, FieldValue, Message};
 use crate::mq::{ConnectionId, MqError, MqResult};
 use crate::queue::{
-    DeadLetterReason, DeadLetterSink, EnqueueOutcome, Queue, QueueEnv, QueueSettings,
+    DeadLetterReason, DeadLetterSink, DeleteReason, EnqueueOutcome, Queue, QueueEnv, QueueSettings,
 };
 
 /// Prefix reserved for the broker's own exchanges and server-named queues.
@@ -93,6 +93,13 @@ impl DeadLetterSink for Sink {
     ) {
         if let Some(vhost) = self.vhost.upgrade() {
             vhost.dead_letter(queue, settings, message, reason);
+        }
+    }
+
+    fn delete_queue(&self, vhost: &str, queue: &str, reason: DeleteReason) {
+        match self.vhost.upgrade() {
+            Some(host) if host.name == vhost => host.remove_queue_on_request(queue, reason),
+            _ => {}
         }
     }
 }
@@ -493,6 +500,8 @@ impl VHost {
                 .get(declare.name.as_str())
                 .ok_or_else(|| no_queue(&self.name, &declare.name))?;
             check_access(&self.name, &declare.name, entry, connection)?;
+            // A declare, even passive, renews an `x-expires` lease.
+            entry.queue.touch();
             return Ok(QueueDeclared {
                 name: declare.name.clone(),
                 message_count: entry.queue.message_count(),
@@ -529,6 +538,7 @@ impl VHost {
                 entry.auto_delete,
             )?;
             assert_queue_args(&self.name, &name, &entry.arguments, &declare.arguments)?;
+            entry.queue.touch();
             return Ok(QueueDeclared {
                 name,
                 message_count: entry.queue.message_count(),
@@ -767,6 +777,38 @@ impl VHost {
         }
         self.persist_removed(&removed)?;
         count
+    }
+
+    /// Deletes a queue that asked to go (auto-delete after its last consumer, `x-expires`),
+    /// if it still qualifies: a queue of the same name declared since, or one that got a
+    /// consumer again, stays.
+    fn remove_queue_on_request(&self, name: &str, reason: DeleteReason) {
+        let _admin = self.admin.lock();
+        let qualifies = self.state.read().queues.get(name).is_some_and(|entry| {
+            !entry.queue.is_deleted()
+                && match reason {
+                    DeleteReason::AutoDelete => {
+                        entry.auto_delete && entry.queue.consumer_count() == 0
+                    }
+                    DeleteReason::Expired => entry.queue.consumer_count() == 0,
+                }
+        });
+        if qualifies {
+            debug!(vhost = %self.name, queue = name, ?reason, "queue deleted on its own request");
+            if let Err(e) = self.remove_queue(name) {
+                warn!(vhost = %self.name, queue = name, error = %e, "deleting a queue failed");
+            }
+        }
+    }
+
+    /// Every queue (for shutdown).
+    pub(crate) fn all_queues(&self) -> Vec<Arc<Queue>> {
+        self.state
+            .read()
+            .queues
+            .values()
+            .map(|entry| entry.queue.clone())
+            .collect()
     }
 
     /// Deletes the exclusive queues of a closed connection.

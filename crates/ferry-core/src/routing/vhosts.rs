@@ -6,7 +6,7 @@
 //! messages) and bindings once it does, then deletes the logs of queues that did not
 //! survive (non-durable queues of the previous run).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
@@ -150,11 +150,24 @@ impl VHosts {
                 field_table(&record.arguments),
             );
         }
+        let durable: HashSet<(String, String)> = state.queues.keys().cloned().collect();
+        remove_stray_queue_logs(&self.shared.store, &durable);
         info!(
             vhosts = self.hosts.read().len(),
             queues, "queue definitions recovered"
         );
         Ok(())
+    }
+
+    /// Ends every queue's consumers and persists their cursors (broker shutdown, before the
+    /// store stops).
+    pub(crate) fn shutdown(&self) {
+        let hosts: Vec<Arc<VHost>> = self.hosts.read().values().cloned().collect();
+        for host in hosts {
+            for queue in host.all_queues() {
+                queue.shutdown();
+            }
+        }
     }
 
     /// The vhost `name`; NotAllowed (`vhost x not found`, RabbitMQ's text) if it does
@@ -224,5 +237,26 @@ fn core_error(e: MqError) -> crate::CoreError {
     match e {
         MqError::Core(core) => core,
         other => crate::CoreError::CorruptMessage(format!("definitions: {other}")),
+    }
+}
+
+/// Deletes queue logs that belong to no durable queue: a non-durable queue's logs from the
+/// previous run, or a deleted queue's whose removal a crash interrupted.
+fn remove_stray_queue_logs(store: &Store, durable: &HashSet<(String, String)>) {
+    let keep: HashSet<String> = durable
+        .iter()
+        .map(|(vhost, name)| crate::queue::storage_key(vhost, name))
+        .collect();
+    for id in store.log_ids() {
+        let Some(key) = crate::queue::storage_key_of_log(&id.topic) else {
+            continue;
+        };
+        if keep.contains(key) {
+            continue;
+        }
+        info!(log = %id, "removing the log of a queue that did not survive the restart");
+        if let Err(e) = store.remove_log(&id) {
+            warn!(log = %id, error = %e, "could not remove a stray queue log");
+        }
     }
 }

@@ -243,6 +243,25 @@ async fn queue_declare_rules_and_texts() {
         .unwrap();
     assert!(named.name.starts_with("amq.gen-"));
     assert_eq!(
+        err(v.declare_queue(
+            QueueDeclare {
+                durable: true,
+                arguments: table(&[("x-queue-type", s("quorum"))]),
+                ..queue("")
+            },
+            a
+        )),
+        "Cannot declare a server-named queue for type rabbit_quorum_queue"
+    );
+    // Server-named queues cannot be redeclared by name.
+    assert_eq!(
+        err(v.declare_queue(queue(&named.name), a)),
+        format!(
+            "queue name '{}' contains reserved prefix 'amq.*'",
+            named.name
+        )
+    );
+    assert_eq!(
         err(v.declare_queue(queue("amq.q"), a)),
         "queue name 'amq.q' contains reserved prefix 'amq.*'"
     );
@@ -608,5 +627,62 @@ async fn durable_definitions_survive_a_restart() {
     within(f.broker.vhosts().delete("other")).await.unwrap();
     let f = f.restart().await;
     assert_eq!(f.broker.vhosts().names(), ["/"]);
+    within(f.broker.shutdown()).await.unwrap();
+}
+
+#[tokio::test]
+async fn definitions_log_is_compacted_at_start() {
+    let f = Fixture::new();
+    let c = ConnectionId(1);
+    {
+        let v = f.vhost();
+        v.declare_queue(
+            QueueDeclare {
+                durable: true,
+                ..queue("dq")
+            },
+            c,
+        )
+        .unwrap();
+        v.bind_queue("dq", "amq.topic", "a.#", FieldTable::new(), c)
+            .unwrap();
+    }
+    // Superseded records: tombstones of queues long gone.
+    let junk: Vec<_> = (0..super::vhosts::COMPACT_MIN_RECORDS)
+        .map(|i| {
+            (
+                super::definitions::DefinitionKey::Queue {
+                    vhost: "/".into(),
+                    name: format!("gone-{i}"),
+                },
+                None,
+            )
+        })
+        .collect();
+    f.broker.vhosts().shared.persist(junk).unwrap();
+    let definitions_log = ferry_storage::LogId {
+        topic: super::definitions::DEFINITIONS_LOG.into(),
+        partition: 0,
+    };
+    let f = f.restart().await;
+    let start = f
+        .broker
+        .queue_store()
+        .log(&definitions_log)
+        .expect("definitions log")
+        .log_start_offset();
+    assert!(start > 0, "old records dropped (log start {start})");
+    let f = f.restart().await;
+    {
+        let v = f.vhost();
+        assert_eq!(
+            v.queues().into_iter().map(|q| q.name).collect::<Vec<_>>(),
+            ["dq"]
+        );
+        assert_eq!(
+            v.publish(message("amq.topic", "a.b", "m")).unwrap().queues,
+            1
+        );
+    }
     within(f.broker.shutdown()).await.unwrap();
 }

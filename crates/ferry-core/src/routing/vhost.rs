@@ -509,6 +509,12 @@ impl VHost {
             });
         }
         let name = if declare.name.is_empty() {
+            let kind = super::args::queue_type_name(&declare.arguments);
+            if kind == "quorum" || kind == "stream" {
+                return Err(MqError::PreconditionFailed(format!(
+                    "Cannot declare a server-named queue for type rabbit_{kind}_queue"
+                )));
+            }
             server_queue_name()
         } else if declare.name.starts_with(RESERVED_PREFIX) {
             return Err(MqError::AccessRefused(format!(

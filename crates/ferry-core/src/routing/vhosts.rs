@@ -23,6 +23,13 @@ use crate::internal::{now_ms, to_json, InternalLog};
 use crate::mq::{ConnectionId, MqError, MqResult};
 use crate::Result;
 
+/// The definitions log is rewritten at start once it holds more than this many records…
+pub(super) const COMPACT_MIN_RECORDS: usize = 10_000;
+/// …and more than this many per live definition.
+const COMPACT_RATIO: usize = 4;
+/// Records per append while rewriting (bounded batches).
+const COMPACT_CHUNK_RECORDS: usize = 1_000;
+
 /// What every vhost shares: the store, the broker and the definitions log.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -52,17 +59,27 @@ pub(crate) struct Loaded {
     definitions: InternalLog,
     state: DefinitionsState,
     first_start: bool,
+    /// Records replayed (live and superseded), to decide on compaction.
+    replayed: usize,
 }
 
 /// Every virtual host of the broker.
 #[derive(Debug)]
 pub struct VHosts {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     hosts: RwLock<BTreeMap<String, Arc<VHost>>>,
     /// Serialises adding and deleting vhosts.
     admin: Mutex<()>,
     /// Definitions replayed but not yet applied.
-    pending: Mutex<Option<(DefinitionsState, bool)>>,
+    pending: Mutex<Option<Pending>>,
+}
+
+/// Replayed definitions waiting for [`VHosts::recover`].
+#[derive(Debug)]
+struct Pending {
+    state: DefinitionsState,
+    first_start: bool,
+    replayed: usize,
 }
 
 impl VHosts {
@@ -75,6 +92,7 @@ impl VHosts {
             definitions,
             state,
             first_start,
+            replayed: records.len(),
         })
     }
 
@@ -88,14 +106,23 @@ impl VHosts {
             }),
             hosts: RwLock::new(BTreeMap::new()),
             admin: Mutex::new(()),
-            pending: Mutex::new(Some((loaded.state, loaded.first_start))),
+            pending: Mutex::new(Some(Pending {
+                state: loaded.state,
+                first_start: loaded.first_start,
+                replayed: loaded.replayed,
+            })),
         }
     }
 
     /// Rebuilds the durable definitions (the broker must exist) and deletes the logs of
     /// queues that were not durable. Creates the default vhost on first start.
     pub(crate) fn recover(&self) -> Result<()> {
-        let Some((state, first_start)) = self.pending.lock().take() else {
+        let Some(Pending {
+            mut state,
+            first_start,
+            replayed,
+        }) = self.pending.lock().take()
+        else {
             return Ok(());
         };
         if first_start {
@@ -127,6 +154,7 @@ impl VHosts {
                 Err(e) => warn!(vhost, queue = name, error = %e, "durable queue not restored"),
             }
         }
+        let mut dangling = Vec::new();
         for (key, record) in &state.bindings {
             let DefinitionKey::Binding {
                 vhost,
@@ -139,22 +167,86 @@ impl VHosts {
             else {
                 continue;
             };
-            let Some(host) = self.hosts.read().get(vhost).cloned() else {
-                continue;
+            let restored = match self.hosts.read().get(vhost).cloned() {
+                Some(host) => host.restore_binding(
+                    source,
+                    destination_kind,
+                    destination,
+                    routing_key,
+                    field_table(&record.arguments),
+                ),
+                None => false,
             };
-            host.restore_binding(
-                source,
-                destination_kind,
-                destination,
-                routing_key,
-                field_table(&record.arguments),
-            );
+            if !restored {
+                // An end did not come back: the binding is gone for good.
+                dangling.push(key.clone());
+            }
+        }
+        for key in &dangling {
+            state.bindings.remove(key);
+        }
+        if let Err(e) = self.compact(&state, replayed, dangling) {
+            warn!(error = %e, "definitions log not compacted");
         }
         let durable: HashSet<(String, String)> = state.queues.keys().cloned().collect();
         remove_stray_queue_logs(&self.shared.store, &durable);
         info!(
             vhosts = self.hosts.read().len(),
             queues, "queue definitions recovered"
+        );
+        Ok(())
+    }
+
+    /// Rewrites the live definitions and drops the older records once superseded records
+    /// dominate the log (durable queues declared and deleted all day would otherwise grow
+    /// it without bound); else only tombstones the bindings that lost an end.
+    fn compact(
+        &self,
+        state: &DefinitionsState,
+        replayed: usize,
+        dangling: Vec<DefinitionKey>,
+    ) -> MqResult<()> {
+        let live =
+            state.vhosts.len() + state.exchanges.len() + state.queues.len() + state.bindings.len();
+        if replayed <= COMPACT_MIN_RECORDS || replayed <= live * COMPACT_RATIO {
+            return self
+                .shared
+                .persist(dangling.into_iter().map(|key| (key, None)).collect());
+        }
+        let start = self.shared.definitions.log_end_offset();
+        let mut records: Vec<(DefinitionKey, Option<Bytes>)> = Vec::with_capacity(live);
+        for (name, record) in &state.vhosts {
+            records.push((
+                DefinitionKey::Vhost { name: name.clone() },
+                Some(to_json(record)),
+            ));
+        }
+        for ((vhost, name), record) in &state.exchanges {
+            let key = DefinitionKey::Exchange {
+                vhost: vhost.clone(),
+                name: name.clone(),
+            };
+            records.push((key, Some(to_json(record))));
+        }
+        for ((vhost, name), record) in &state.queues {
+            let key = DefinitionKey::Queue {
+                vhost: vhost.clone(),
+                name: name.clone(),
+            };
+            records.push((key, Some(to_json(record))));
+        }
+        for (key, record) in &state.bindings {
+            records.push((key.clone(), Some(to_json(record))));
+        }
+        for chunk in records.chunks(COMPACT_CHUNK_RECORDS) {
+            self.shared.persist(chunk.to_vec())?;
+        }
+        let dropped = self.shared.definitions.delete_before(start)?;
+        info!(
+            replayed,
+            live,
+            log_start = dropped,
+            "definitions log compacted"
         );
         Ok(())
     }

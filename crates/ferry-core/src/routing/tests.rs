@@ -585,6 +585,21 @@ async fn durable_definitions_survive_a_restart() {
         assert!(within(routed.confirm.wait()).await.unwrap());
         v.publish(message("", "tq", "lost")).unwrap();
         f.broker.vhosts().add("other").unwrap();
+        let other = f.broker.vhosts().get("other").unwrap();
+        other
+            .declare_queue(
+                QueueDeclare {
+                    durable: true,
+                    ..queue("oq")
+                },
+                c,
+            )
+            .unwrap();
+        // NOT_FOUND texts name the vhost.
+        assert_eq!(
+            err(other.queue("missing", c)),
+            "no queue 'missing' in vhost 'other'"
+        );
     }
     let f = f.restart().await;
     let v = f.vhost();
@@ -624,9 +639,20 @@ async fn durable_definitions_survive_a_restart() {
         .log_ids()
         .iter()
         .any(|id| crate::queue::storage_key_of_log(&id.topic) == Some(key.as_str())));
+    assert_eq!(
+        f.broker.vhosts().get("other").unwrap().queues()[0].name,
+        "oq"
+    );
     within(f.broker.vhosts().delete("other")).await.unwrap();
     let f = f.restart().await;
     assert_eq!(f.broker.vhosts().names(), ["/"]);
+    let key = crate::queue::storage_key("other", "oq");
+    assert!(!f
+        .broker
+        .queue_store()
+        .log_ids()
+        .iter()
+        .any(|id| crate::queue::storage_key_of_log(&id.topic) == Some(key.as_str())));
     within(f.broker.shutdown()).await.unwrap();
 }
 

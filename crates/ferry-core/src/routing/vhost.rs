@@ -839,29 +839,34 @@ impl VHost {
     /// tombstone.
     pub(crate) fn delete_all(&self) -> Vec<DefinitionKey> {
         let _admin = self.admin.lock();
-        let mut state = self.state.write();
         let mut keys = Vec::new();
-        for (name, entry) in state.queues.drain() {
+        let queues: Vec<(Arc<str>, QueueEntry)> = {
+            let mut state = self.state.write();
+            for exchange in state.topology.exchanges() {
+                if exchange.durable && !is_predeclared(&exchange.name) {
+                    keys.push(self.exchange_key(&exchange.name));
+                }
+            }
+            for (source, key, data) in state.topology.bindings() {
+                if data.durable {
+                    keys.push(self.binding_key(
+                        source,
+                        &key.destination,
+                        &key.routing_key,
+                        &key.arguments_key,
+                    ));
+                }
+            }
+            state.topology = Topology::default();
+            state.queues.drain().collect()
+        };
+        // Outside the state lock: a queue's deletion may call back into this vhost.
+        for (name, entry) in queues {
             if let Err(e) = entry.queue.delete() {
                 warn!(vhost = %self.name, queue = %name, error = %e, "deleting a queue of a deleted vhost failed");
             }
             if entry.durable {
                 keys.push(self.queue_key(&name));
-            }
-        }
-        for exchange in state.topology.exchanges() {
-            if exchange.durable && !is_predeclared(&exchange.name) {
-                keys.push(self.exchange_key(&exchange.name));
-            }
-        }
-        for (source, key, data) in state.topology.bindings() {
-            if data.durable {
-                keys.push(self.binding_key(
-                    source,
-                    &key.destination,
-                    &key.routing_key,
-                    &key.arguments_key,
-                ));
             }
         }
         keys
@@ -916,11 +921,16 @@ impl VHost {
         }
         let mut waits = Vec::with_capacity(queues.len());
         let mut rejected = false;
+        let mut taken = 0;
         for queue in &queues {
-            match queue.enqueue(&message)? {
-                EnqueueOutcome::Enqueued { durable } => waits.push(durable),
-                EnqueueOutcome::Rejected => rejected = true,
+            match queue.enqueue(&message) {
+                Ok(EnqueueOutcome::Enqueued { durable }) => waits.push(durable),
+                Ok(EnqueueOutcome::Rejected) => rejected = true,
+                // Deleted after routing: as if it had not been there.
+                Err(_) if queue.is_deleted() => continue,
+                Err(e) => return Err(e),
             }
+            taken += 1;
         }
         let confirm = if rejected {
             Confirm {
@@ -932,7 +942,7 @@ impl VHost {
             }
         };
         Ok(Routed {
-            queues: queues.len(),
+            queues: taken,
             confirm,
         })
     }

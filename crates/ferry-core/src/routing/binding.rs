@@ -628,3 +628,145 @@ mod tests {
         assert!(t.incoming.is_empty());
     }
 }
+
+#[cfg(test)]
+mod model_tests {
+    //! The indexed topology against a linear scan over a plain list of bindings, under
+    //! random sequences of binds, unbinds and queue deletions.
+
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    const EXCHANGES: [(&str, ExchangeKind); 4] = [
+        ("d", ExchangeKind::Direct),
+        ("f", ExchangeKind::Fanout),
+        ("t", ExchangeKind::Topic),
+        ("t2", ExchangeKind::Topic),
+    ];
+    const QUEUES: [&str; 3] = ["q1", "q2", "q3"];
+    const KEYS: [&str; 5] = ["a", "b", "a.b", "*", "#"];
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Bind(usize, bool, usize, usize),
+        Unbind(usize, bool, usize, usize),
+        DeleteQueue(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0..4usize, any::<bool>(), 0..4usize, 0..5usize)
+                .prop_map(|(s, q, d, k)| Op::Bind(s, q, d, k)),
+            1 => (0..4usize, any::<bool>(), 0..4usize, 0..5usize)
+                .prop_map(|(s, q, d, k)| Op::Unbind(s, q, d, k)),
+            1 => (0..3usize).prop_map(Op::DeleteQueue),
+        ]
+    }
+
+    fn destination(to_queue: bool, index: usize) -> Destination {
+        if to_queue {
+            Destination::Queue(QUEUES[index % QUEUES.len()].into())
+        } else {
+            Destination::Exchange(EXCHANGES[index].0.into())
+        }
+    }
+
+    fn matches(kind: ExchangeKind, pattern: &str, key: &str) -> bool {
+        match kind {
+            ExchangeKind::Direct => pattern == key,
+            ExchangeKind::Fanout => true,
+            ExchangeKind::Topic => {
+                let mut out = HashSet::new();
+                let mut trie = TopicTrie::default();
+                trie.insert(pattern, 0u8);
+                trie.matches(key, &mut out);
+                !out.is_empty()
+            }
+            ExchangeKind::Headers => false,
+        }
+    }
+
+    fn naive(
+        bindings: &[(usize, Destination, String)],
+        start: usize,
+        key: &str,
+    ) -> BTreeSet<String> {
+        let mut seen = BTreeSet::from([start]);
+        let mut work = vec![start];
+        let mut out = BTreeSet::new();
+        while let Some(x) = work.pop() {
+            let mut dests: Vec<&Destination> = bindings
+                .iter()
+                .filter(|(s, _, k)| *s == x && matches(EXCHANGES[x].1, k, key))
+                .map(|(_, d, _)| d)
+                .collect();
+            dests.dedup();
+            // "t" has "t2" as its alternate exchange.
+            if dests.is_empty() && x == 2 && seen.insert(3) {
+                work.push(3);
+            }
+            for d in dests {
+                match d {
+                    Destination::Queue(q) => {
+                        out.insert(q.to_string());
+                    }
+                    Destination::Exchange(name) => {
+                        let i = EXCHANGES.iter().position(|(n, _)| *n == &**name).unwrap();
+                        if seen.insert(i) {
+                            work.push(i);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn indexed_routing_agrees_with_a_scan(ops in prop::collection::vec(op(), 0..40)) {
+            let mut t = Topology::default();
+            for (i, (name, kind)) in EXCHANGES.iter().enumerate() {
+                let alternate = (i == 2).then_some("t2");
+                t.add_exchange(Exchange::new(name, *kind, false, false, false, FieldTable::new(), alternate));
+            }
+            let mut model: Vec<(usize, Destination, String)> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Bind(s, q, d, k) => {
+                        let dest = destination(q, d);
+                        let added = t.add_binding(EXCHANGES[s].0, dest.clone(), KEYS[k], FieldTable::new(), false);
+                        let exists = model.iter().any(|b| *b == (s, dest.clone(), KEYS[k].to_string()));
+                        prop_assert_eq!(added, !exists);
+                        if added {
+                            model.push((s, dest, KEYS[k].to_string()));
+                        }
+                    }
+                    Op::Unbind(s, q, d, k) => {
+                        let dest = destination(q, d);
+                        t.remove_binding(EXCHANGES[s].0, dest.clone(), KEYS[k], &FieldTable::new());
+                        model.retain(|b| *b != (s, dest.clone(), KEYS[k].to_string()));
+                    }
+                    Op::DeleteQueue(q) => {
+                        let dest = destination(true, q);
+                        let removed = t.remove_destination(&dest);
+                        let before = model.len();
+                        model.retain(|b| b.1 != dest);
+                        prop_assert_eq!(removed.bindings.len(), before - model.len());
+                    }
+                }
+                for start in 0..EXCHANGES.len() {
+                    for key in ["a", "b", "a.b", "c.d.e", ""] {
+                        let got: BTreeSet<String> = t
+                            .route(EXCHANGES[start].0, &[key], None)
+                            .into_iter()
+                            .map(|q| q.to_string())
+                            .collect();
+                        prop_assert_eq!(got, naive(&model, start, key), "from {} key {:?}", EXCHANGES[start].0, key);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -756,14 +756,14 @@ mod model_tests {
                         prop_assert_eq!(removed.bindings.len(), before - model.len());
                     }
                 }
-                for start in 0..EXCHANGES.len() {
+                for (start, (name, _)) in EXCHANGES.iter().enumerate() {
                     for key in ["a", "b", "a.b", "c.d.e", ""] {
                         let got: BTreeSet<String> = t
-                            .route(EXCHANGES[start].0, &[key], None)
+                            .route(name, &[key], None)
                             .into_iter()
                             .map(|q| q.to_string())
                             .collect();
-                        prop_assert_eq!(got, naive(&model, start, key), "from {} key {:?}", EXCHANGES[start].0, key);
+                        prop_assert_eq!(got, naive(&model, start, key), "from {} key {:?}", name, key);
                     }
                 }
             }

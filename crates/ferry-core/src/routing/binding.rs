@@ -388,17 +388,32 @@ impl Topology {
         keys: &[&str],
         headers: Option<&FieldTable>,
     ) -> Vec<Arc<str>> {
-        let mut queues: HashSet<Arc<str>> = HashSet::new();
-        let mut seen: HashSet<Arc<str>> = HashSet::new();
-        let mut work: Vec<Arc<str>> = Vec::new();
+        let Some(first) = self.exchanges.get(exchange) else {
+            return Vec::new();
+        };
         let mut destinations = HashSet::new();
-        match self.exchanges.get(exchange) {
-            Some(x) => {
-                seen.insert(x.name.clone());
-                work.push(x.name.clone());
+        if !first.name.is_empty() {
+            // The common case: one exchange straight to queues, no sets of exchanges.
+            first.route_into(keys, headers, &mut destinations);
+            let only_queues = destinations
+                .iter()
+                .all(|d| matches!(d, Destination::Queue(_)));
+            if only_queues && (!destinations.is_empty() || first.alternate.is_none()) {
+                let mut queues: Vec<Arc<str>> = destinations
+                    .into_iter()
+                    .filter_map(|d| match d {
+                        Destination::Queue(q) => Some(q),
+                        Destination::Exchange(_) => None,
+                    })
+                    .collect();
+                queues.sort_unstable();
+                return queues;
             }
-            None => return Vec::new(),
+            destinations.clear();
         }
+        let mut queues: HashSet<Arc<str>> = HashSet::new();
+        let mut seen: HashSet<Arc<str>> = HashSet::from([first.name.clone()]);
+        let mut work: Vec<Arc<str>> = vec![first.name.clone()];
         while let Some(name) = work.pop() {
             let Some(x) = self.exchanges.get(&name) else {
                 continue;

@@ -290,6 +290,16 @@ async fn queue_declare_rules_and_texts() {
         )),
         "no queue 'nope' in vhost '/'"
     );
+    assert_eq!(
+        err(v.declare_queue(
+            QueueDeclare {
+                arguments: table(&[("x-dead-letter-exchange", FieldValue::I32(5))]),
+                ..queue("bad-dlx")
+            },
+            a
+        )),
+        "invalid type 'signedint' for arg 'x-dead-letter-exchange' in queue 'bad-dlx' in vhost '/'"
+    );
     // Exclusive ownership.
     v.declare_queue(
         QueueDeclare {

@@ -551,6 +551,20 @@ impl VHost {
                 consumer_count: entry.queue.consumer_count(),
             });
         }
+        // RabbitMQ checks the dead-letter exchange's type before the other arguments.
+        match declare.arguments.get("x-dead-letter-exchange") {
+            None | Some(FieldValue::LongString(_)) => {}
+            Some(other) => {
+                return Err(MqError::PreconditionFailed(format!(
+                    "invalid type '{}' for arg 'x-dead-letter-exchange' in {}",
+                    super::args::type_name(other),
+                    Resource::Queue {
+                        vhost: &self.name,
+                        name: &name
+                    }
+                )))
+            }
+        }
         let settings = QueueSettings::parse(
             &self.name,
             &name,

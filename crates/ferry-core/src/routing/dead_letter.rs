@@ -11,6 +11,7 @@
 use bytes::Bytes;
 
 use crate::message::{FieldTable, FieldValue, Message};
+use crate::mq::MqError;
 use crate::queue::{DeadLetterReason, QueueSettings};
 
 /// `CC` header: extra routing keys, kept on the message.
@@ -30,18 +31,26 @@ fn as_str(value: &FieldValue) -> Option<&str> {
     }
 }
 
-/// The routing keys in a `CC` or `BCC` header (long strings in an array; anything else is
-/// ignored, as RabbitMQ does).
-pub(crate) fn header_routes<'a>(headers: Option<&'a FieldTable>, name: &str) -> Vec<&'a str> {
+/// The routing keys in a `CC` or `BCC` header: long strings in an array (other items are
+/// skipped). Any other header type is RabbitMQ's PRECONDITION_FAILED
+/// `invalid message: {unacceptable_type_in_header,"CC",longstr}`.
+pub(crate) fn header_routes<'a>(
+    headers: Option<&'a FieldTable>,
+    name: &str,
+) -> Result<Vec<&'a str>, MqError> {
     match headers.and_then(|h| h.get(name)) {
-        Some(FieldValue::Array(items)) => items
+        None => Ok(Vec::new()),
+        Some(FieldValue::Array(items)) => Ok(items
             .iter()
             .filter_map(|item| match item {
                 FieldValue::LongString(b) => std::str::from_utf8(b).ok(),
                 _ => None,
             })
-            .collect(),
-        _ => Vec::new(),
+            .collect()),
+        Some(other) => Err(MqError::PreconditionFailed(format!(
+            "invalid message: {{unacceptable_type_in_header,\"{name}\",{}}}",
+            super::args::type_name(other)
+        ))),
     }
 }
 
@@ -65,7 +74,10 @@ pub(crate) fn make_dead_letter(
 ) -> Option<DeadLetter> {
     let dlx = settings.dead_letter_exchange.clone()?;
     let headers = message.properties.headers.take().unwrap_or_default();
+    // A stored message passed the publish-time check; one written by another protocol
+    // with an odd `CC` header just has no CC keys.
     let cc: Vec<String> = header_routes(Some(&headers), CC_HEADER)
+        .unwrap_or_default()
         .into_iter()
         .map(str::to_string)
         .collect();

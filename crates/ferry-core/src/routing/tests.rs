@@ -440,6 +440,12 @@ async fn publish_routes_through_every_exchange_kind() {
     assert!(headers.contains_key("CC"));
     assert!(!headers.contains_key("BCC"));
 
+    let mut bad = message("amq.direct", "k", "x");
+    bad.properties.headers = Some(table(&[("CC", s("k2"))]));
+    assert_eq!(
+        err(v.publish(bad)),
+        "invalid message: {unacceptable_type_in_header,\"CC\",longstr}"
+    );
     assert_eq!(drain(&v, "qd"), ["1", "4", "5", "7"]);
     assert_eq!(drain(&v, "qt"), ["2"]);
     assert_eq!(drain(&v, "qh"), ["3"]);

@@ -892,8 +892,8 @@ impl VHost {
     /// message.
     pub fn publish(&self, mut message: Message) -> MqResult<Routed> {
         let headers = message.properties.headers.as_ref();
-        let cc = header_routes(headers, CC_HEADER);
-        let bcc = header_routes(headers, BCC_HEADER);
+        let cc = header_routes(headers, CC_HEADER)?;
+        let bcc = header_routes(headers, BCC_HEADER)?;
         let has_bcc = headers.is_some_and(|h| h.contains_key(BCC_HEADER));
         let queues: Vec<Arc<Queue>> = {
             let state = self.state.read();

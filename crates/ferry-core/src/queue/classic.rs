@@ -286,10 +286,15 @@ impl Classic {
         };
         // Logs of this name that this declaration does not use: a non-durable queue never
         // recovers anything, and no queue keeps levels it no longer has.
-        for id in store.log_ids() {
-            let ours = id.topic == log_ids[0].topic || id.topic == ack_id.topic;
+        let candidates = (0..=u32::from(u8::MAX))
+            .map(|partition| LogId {
+                topic: log_ids[0].topic.clone(),
+                partition,
+            })
+            .chain([ack_id.clone()]);
+        for id in candidates {
             let used = settings.durable && (log_ids.contains(&id) || id == ack_id);
-            if ours && !used {
+            if !used && store.log(&id).is_some() {
                 store.remove_log(&id)?;
             }
         }

@@ -717,3 +717,61 @@ async fn million_waiting_messages_fit_in_bounded_memory() {
     );
     assert_eq!(q.message_count(), (MESSAGES - MESSAGES / 2) as u64);
 }
+
+/// Publish-and-consume throughput of one durable queue, persistent 1 KiB messages: one
+/// producer waiting for durability in windows of 100 (as publisher confirms), one consumer
+/// acking in batches of 50. Run with
+/// `cargo test -p ferry-core --release -- --ignored throughput --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn throughput_publish_consume() {
+    const MESSAGES: usize = 200_000;
+    const WINDOW: usize = 100;
+    const ACK_BATCH: usize = 50;
+    let fx = Fixture::new();
+    let q = fx.queue(true, &[]);
+    let consumer = q.add_consumer(spec("c")).expect("consumer");
+    let started = std::time::Instant::now();
+    let (qc, cc) = (q.clone(), consumer.clone());
+    let consuming = tokio::spawn(async move {
+        let mut pending = Vec::with_capacity(ACK_BATCH);
+        for _ in 0..MESSAGES {
+            let d = qc.next_delivery(&cc).await.expect("delivery");
+            pending.push(d.id);
+            if pending.len() == ACK_BATCH {
+                qc.ack(&pending).expect("ack");
+                pending.clear();
+            }
+        }
+        qc.ack(&pending).expect("ack");
+    });
+    let body = Bytes::from(vec![7u8; 1024]);
+    let mut waits = Vec::with_capacity(WINDOW);
+    for _ in 0..MESSAGES {
+        let mut m = msg("");
+        m.body = body.clone();
+        if let EnqueueOutcome::Enqueued { durable } = q.enqueue(&m).expect("enqueue") {
+            waits.push(durable);
+        }
+        if waits.len() == WINDOW {
+            for w in waits.drain(..) {
+                w.wait().await.expect("durable");
+            }
+        }
+    }
+    for w in waits.drain(..) {
+        w.wait().await.expect("durable");
+    }
+    let published = started.elapsed();
+    tokio::time::timeout(Duration::from_secs(300), consuming)
+        .await
+        .expect("consumer finished")
+        .expect("join");
+    let elapsed = started.elapsed();
+    println!(
+        "{MESSAGES} x 1 KiB persistent: published in {published:?} ({:.0} msg/s), consumed by {elapsed:?} ({:.0} msg/s)",
+        MESSAGES as f64 / published.as_secs_f64(),
+        MESSAGES as f64 / elapsed.as_secs_f64()
+    );
+    assert_eq!(q.message_count(), 0);
+}

@@ -40,6 +40,11 @@ const QUEUE_BATCH_BYTES_MAX: u32 = (128 << 20) + (64 << 10);
 const TRANSIENT_FLUSH_MS: u64 = 5_000;
 /// Least time between two deletions of consumed segments of one queue.
 const TRUNCATE_INTERVAL_MS: i64 = 1_000;
+/// Settle records are written at most this often while acks keep coming (each waits for
+/// the next write; a crash may redeliver them, as with any unflushed ack)…
+const ACK_COALESCE_MS: i64 = 10;
+/// …unless this many ranges are pending.
+const ACK_COALESCE_RANGES: usize = 256;
 /// Longest sleep of a queue's maintenance task (segment deletion, ack-log snapshots).
 pub(crate) const MAINTENANCE_INTERVAL_MS: i64 = 1_000;
 
@@ -194,6 +199,10 @@ struct State {
     /// Whether a ready message may carry a TTL (the maintenance task then looks at the
     /// heads; otherwise it leaves the read-ahead alone).
     may_expire: bool,
+    /// Settled ranges wait for the maintenance task to write them.
+    persist_due: bool,
+    /// When settle records were last written.
+    persisted_ms: i64,
     /// Whether the maintenance task knows of a deadline (an enqueue with a TTL wakes it
     /// only when not).
     timer_armed: bool,
@@ -213,6 +222,8 @@ pub(crate) struct Classic {
     log_ids: Vec<LogId>,
     /// RabbitMQ's NOT_FOUND text for this queue once deleted.
     missing: String,
+    /// Wakes the queue's maintenance task.
+    wake: Arc<Notify>,
     /// A quorum queue: deliveries carry `x-delivery-count`, `x-delivery-limit` applies.
     quorum: bool,
     /// Quorum `x-delivery-limit`: a message returned more often is dead-lettered.
@@ -271,6 +282,7 @@ impl Classic {
         name: &str,
         settings: &QueueSettings,
         now: i64,
+        wake: Arc<Notify>,
     ) -> MqResult<Classic> {
         let key = storage_key(vhost, name);
         let level_count = settings.max_priority.map_or(1, |p| usize::from(p) + 1);
@@ -340,6 +352,8 @@ impl Classic {
             delete_asked: false,
             ack_records_since_snapshot: 0,
             timer_armed: false,
+            persist_due: false,
+            persisted_ms: 0,
             may_expire: settings.message_ttl_ms.is_some(),
             deleted: false,
         };
@@ -364,6 +378,7 @@ impl Classic {
             ack_log,
             log_ids,
             missing: format!("no queue '{name}' in vhost '{vhost}'"),
+            wake,
             quorum: settings.queue_type == QueueType::Quorum,
             delivery_limit: settings
                 .arguments
@@ -403,14 +418,28 @@ impl Classic {
         }
     }
 
-    /// Writes pending settle records.
-    fn persist(&self, st: &mut State, now: i64) {
+    /// Writes pending settle records, or leaves them to the maintenance task for up to
+    /// `ACK_COALESCE_MS` (`force` writes now).
+    fn persist(&self, st: &mut State, now: i64, force: bool) {
         let Some(ack_log) = &self.ack_log else {
             for level in &mut st.levels {
                 level.pending.clear();
             }
             return;
         };
+        let pending: usize = st.levels.iter().map(|l| l.pending.len()).sum();
+        if pending == 0 {
+            return;
+        }
+        if !force && pending < ACK_COALESCE_RANGES && now - st.persisted_ms < ACK_COALESCE_MS {
+            if !st.persist_due {
+                st.persist_due = true;
+                self.wake.notify_one();
+            }
+            return;
+        }
+        st.persist_due = false;
+        st.persisted_ms = now;
         for (index, level) in st.levels.iter_mut().enumerate() {
             if level.pending.is_empty() {
                 continue;
@@ -568,7 +597,6 @@ impl Classic {
         batch: Bytes,
         now: i64,
         dead: &mut DeadLetters,
-        wake_timer: &Notify,
     ) -> MqResult<EnqueueOutcome> {
         let size = message.body_len();
         let index = match (settings.max_priority, message.properties.priority) {
@@ -611,9 +639,9 @@ impl Classic {
         st.may_expire |= expiring;
         if expiring && !st.timer_armed {
             st.timer_armed = true;
-            wake_timer.notify_one();
+            self.wake.notify_one();
         }
-        self.persist(&mut st, now);
+        self.persist(&mut st, now, false);
         Ok(EnqueueOutcome::Enqueued {
             durable: appended.durable,
         })
@@ -691,7 +719,6 @@ impl Classic {
         id: u64,
         now: i64,
         dead: &mut DeadLetters,
-        wake_timer: &Notify,
     ) {
         let mut st = self.state.lock();
         let Some(pos) = st.consumers.iter().position(|s| s.id == id) else {
@@ -707,11 +734,11 @@ impl Classic {
                 st.delete_due = Some(DeleteReason::AutoDelete);
             }
             // x-expires counts from now.
-            wake_timer.notify_one();
+            self.wake.notify_one();
         } else if let Err(e) = self.dispatch(&mut st, settings, now, dead) {
             tracing::warn!("queue dispatch after a consumer left failed: {e}");
         }
-        self.persist(&mut st, now);
+        self.persist(&mut st, now, false);
     }
 
     /// The delivery waiting for consumer `id`, registering it as waiting if there is none.
@@ -745,7 +772,7 @@ impl Classic {
             let level = &mut st.levels[usize::from(delivery.id.level)];
             level.unacked.remove(&delivery.id.offset);
             level.settle(delivery.id.offset, delivery.id.offset + 1);
-            self.persist(&mut st, now);
+            self.persist(&mut st, now, false);
         }
         Ok(Some(delivery))
     }
@@ -763,7 +790,7 @@ impl Classic {
         st.last_used_ms = now;
         let popped = Self::pop_ready(&mut st, settings, now, dead)?;
         let delivery = popped.map(|(index, held)| self.hand_out(&mut st, index, held, !no_ack));
-        self.persist(&mut st, now);
+        self.persist(&mut st, now, false);
         Ok(delivery)
     }
 
@@ -777,7 +804,7 @@ impl Classic {
                 }
             }
         }
-        self.persist(&mut st, now);
+        self.persist(&mut st, now, false);
     }
 
     /// Requeues or settles (dead-lettering) rejected deliveries.
@@ -807,7 +834,7 @@ impl Classic {
         if requeue {
             self.dispatch(&mut st, settings, now, dead)?;
         }
-        self.persist(&mut st, now);
+        self.persist(&mut st, now, false);
         Ok(())
     }
 
@@ -927,7 +954,14 @@ impl Classic {
                 }
             }
         }
-        self.persist(&mut st, now);
+        if st.persist_due {
+            let due = st.persisted_ms + ACK_COALESCE_MS;
+            if now >= due {
+                self.persist(&mut st, now, true);
+            } else {
+                next = next.min(due);
+            }
+        }
         if st.ack_records_since_snapshot >= ACK_RECORDS_PER_SNAPSHOT {
             self.snapshot(&mut st, now);
         }

@@ -268,6 +268,7 @@ impl Queue {
         settings: QueueSettings,
     ) -> MqResult<Arc<Queue>> {
         let now = now_ms();
+        let maintenance = Arc::new(Notify::new());
         let engine = match settings.queue_type {
             QueueType::Stream => {
                 let broker = env
@@ -276,9 +277,14 @@ impl Queue {
                     .ok_or(MqError::Core(CoreError::ShuttingDown))?;
                 Engine::Stream(Stream::open(&broker, vhost, name)?)
             }
-            QueueType::Classic | QueueType::Quorum => {
-                Engine::Classic(Classic::open(&env.store, vhost, name, &settings, now)?)
-            }
+            QueueType::Classic | QueueType::Quorum => Engine::Classic(Classic::open(
+                &env.store,
+                vhost,
+                name,
+                &settings,
+                now,
+                maintenance.clone(),
+            )?),
         };
         let queue = Arc::new(Queue {
             name: name.to_string(),
@@ -289,7 +295,7 @@ impl Queue {
             engine,
             consumers: Mutex::new(Vec::new()),
             deleted: AtomicBool::new(false),
-            maintenance: Arc::new(Notify::new()),
+            maintenance,
         });
         if matches!(queue.engine, Engine::Classic(_)) {
             match tokio::runtime::Handle::try_current() {
@@ -413,14 +419,7 @@ impl Queue {
         match &self.engine {
             Engine::Classic(classic) => {
                 let mut dead = Vec::new();
-                let outcome = classic.enqueue(
-                    &self.settings,
-                    message,
-                    batch,
-                    now,
-                    &mut dead,
-                    &self.maintenance,
-                );
+                let outcome = classic.enqueue(&self.settings, message, batch, now, &mut dead);
                 self.send_dead_letters(dead);
                 outcome
             }
@@ -546,13 +545,7 @@ impl Queue {
         match &self.engine {
             Engine::Classic(classic) => {
                 let mut dead = Vec::new();
-                classic.remove_consumer(
-                    &self.settings,
-                    consumer.id,
-                    now_ms(),
-                    &mut dead,
-                    &self.maintenance,
-                );
+                classic.remove_consumer(&self.settings, consumer.id, now_ms(), &mut dead);
                 self.send_dead_letters(dead);
             }
             Engine::Stream(stream) => {

@@ -536,6 +536,28 @@ async fn restart_redelivers_only_unacked_and_drops_transients() {
 }
 
 #[tokio::test]
+async fn coalesced_acks_reach_the_ack_log_without_a_shutdown() {
+    let fx = Fixture::new();
+    let q = fx.queue(true, &[]);
+    for i in 0..20 {
+        put(&q, &msg(&format!("m{i}")));
+    }
+    // Acks one by one, out of order, faster than the coalescing interval.
+    let deliveries: Vec<Delivery> = (0..20).map(|_| get(&q)).collect();
+    for d in deliveries.iter().rev().step_by(2) {
+        q.ack(&[d.id]).expect("ack");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(q);
+    let fx = fx.restart();
+    let q = fx.queue(true, &[]);
+    assert_eq!(q.message_count(), 10);
+    let left: Vec<String> = (0..10).map(|_| body(&get(&q))).collect();
+    let want: Vec<String> = (0..20).step_by(2).map(|i| format!("m{i}")).collect();
+    assert_eq!(left, want);
+}
+
+#[tokio::test]
 async fn non_durable_queues_start_empty() {
     let fx = Fixture::new();
     let q = fx.queue(false, &[]);

@@ -983,7 +983,8 @@ fn recover_level(level: &mut Level) -> MqResult<(u64, u64)> {
         for (header, batch) in split_batches(&read.records, false)? {
             for record in decode_records(&batch)? {
                 let at = header.base_offset + i64::from(record.offset_delta);
-                if at < offset || level.cursor.settled.contains(at) {
+                if at < offset || at < level.cursor.mark_delete || level.cursor.settled.contains(at)
+                {
                     continue;
                 }
                 if record_is_persistent(&record) {

@@ -797,3 +797,104 @@ async fn throughput_publish_consume() {
     );
     assert_eq!(q.message_count(), 0);
 }
+
+/// One step of the cursor model test.
+#[derive(Clone, Debug)]
+enum Op {
+    Enqueue { persistent: bool },
+    Get,
+    Ack(usize),
+    Reject { pick: usize, requeue: bool },
+    Purge,
+    Restart,
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    prop_oneof![
+        3 => Just(Op::Enqueue { persistent: true }),
+        1 => Just(Op::Enqueue { persistent: false }),
+        4 => Just(Op::Get),
+        3 => any::<usize>().prop_map(Op::Ack),
+        2 => (any::<usize>(), any::<bool>()).prop_map(|(pick, requeue)| Op::Reject { pick, requeue }),
+        1 => Just(Op::Purge),
+        1 => Just(Op::Restart),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(48))]
+
+    /// The cursor against a model: ready messages come out in offset order, acked ones
+    /// never come back, unacked ones come back (redelivered) after a restart, transient
+    /// ones do not survive one.
+    #[test]
+    fn cursor_matches_model(ops in proptest::collection::vec(op(), 1..60)) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            use std::collections::{BTreeMap, BTreeSet};
+            let mut fx = Fixture::new();
+            let mut q = fx.queue(true, &[]);
+            let mut next_id = 0u32;
+            // id → persistent
+            let mut ready: BTreeMap<u32, bool> = BTreeMap::new();
+            let mut unacked: Vec<(u32, bool, DeliveryId)> = Vec::new();
+            let mut delivered: BTreeSet<u32> = BTreeSet::new();
+            for op in ops {
+                match op {
+                    Op::Enqueue { persistent } => {
+                        let m = with(&next_id.to_string(), |p| {
+                            p.delivery_mode = Some(if persistent { 2 } else { 1 })
+                        });
+                        put(&q, &m);
+                        ready.insert(next_id, persistent);
+                        next_id += 1;
+                    }
+                    Op::Get => {
+                        let got = q.get(false).expect("get");
+                        match ready.pop_first() {
+                            None => assert!(got.is_none()),
+                            Some((id, persistent)) => {
+                                let d = got.expect("a message");
+                                assert_eq!(body(&d), id.to_string());
+                                assert_eq!(d.redelivered, delivered.contains(&id), "id {}", id);
+                                delivered.insert(id);
+                                unacked.push((id, persistent, d.id));
+                            }
+                        }
+                    }
+                    Op::Ack(pick) if !unacked.is_empty() => {
+                        let (_, _, did) = unacked.remove(pick % unacked.len());
+                        q.ack(&[did]).expect("ack");
+                    }
+                    Op::Reject { pick, requeue } if !unacked.is_empty() => {
+                        let (id, persistent, did) = unacked.remove(pick % unacked.len());
+                        q.reject(&[did], requeue).expect("reject");
+                        if requeue {
+                            ready.insert(id, persistent);
+                        }
+                    }
+                    Op::Purge => {
+                        assert_eq!(q.purge().expect("purge"), ready.len() as u64);
+                        ready.clear();
+                    }
+                    Op::Restart => {
+                        q.shutdown();
+                        drop(q);
+                        fx = fx.restart();
+                        q = fx.queue(true, &[]);
+                        for (id, persistent, _) in unacked.drain(..) {
+                            ready.insert(id, persistent);
+                        }
+                        ready.retain(|_, persistent| *persistent);
+                    }
+                    Op::Ack(_) | Op::Reject { .. } => {}
+                }
+                assert_eq!(q.message_count(), ready.len() as u64);
+            }
+        });
+    }
+}

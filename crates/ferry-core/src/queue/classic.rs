@@ -330,12 +330,12 @@ impl Classic {
             .iter()
             .map(|id| store.open_log(id, config.clone()))
             .collect::<Result<Vec<_>, _>>()?;
-        let (ack_log, cursors) = if settings.durable {
+        let (ack_log, cursors, clean) = if settings.durable {
             let log = store.open_log(&ack_id, acklog::ack_log_config())?;
-            let cursors = acklog::replay(&log, level_count)?;
-            (Some(log), cursors)
+            let (cursors, clean) = acklog::replay(&log, level_count)?;
+            (Some(log), cursors, clean)
         } else {
-            (None, vec![LevelCursor::default(); level_count])
+            (None, vec![LevelCursor::default(); level_count], true)
         };
         if ack_log.is_some() {
             log_ids.push(ack_id);
@@ -364,7 +364,9 @@ impl Classic {
             cursor.mark_delete = cursor.mark_delete.clamp(start, end);
             cursor.settled.remove_below(cursor.mark_delete);
             cursor.settled.remove_from(end);
-            cursor.read_pos = cursor.read_pos.min(end);
+            // After a crash the persisted read position may lag: flag every recovered
+            // message redelivered rather than miss one that was delivered.
+            cursor.read_pos = if clean { cursor.read_pos.min(end) } else { end };
             let mut level = Level::new(log, cursor);
             let (count, bytes) = recover_level(&mut level)?;
             // Recovered messages may carry a per-message expiration.
@@ -388,7 +390,7 @@ impl Classic {
         };
         {
             let mut st = classic.state.lock();
-            classic.snapshot(&mut st, now);
+            classic.snapshot(&mut st, now, false);
         }
         Ok(classic)
     }
@@ -398,8 +400,9 @@ impl Classic {
         &self.log_ids
     }
 
-    /// Writes a snapshot of every level's cursor and drops the ack records before it.
-    fn snapshot(&self, st: &mut State, now: i64) {
+    /// Writes a snapshot of every level's cursor (`clean` at a clean shutdown) and drops
+    /// the ack records before it.
+    fn snapshot(&self, st: &mut State, now: i64, clean: bool) {
         let Some(ack_log) = &self.ack_log else {
             return;
         };
@@ -408,7 +411,7 @@ impl Classic {
             level.pending.clear();
         }
         let cursors: Vec<&LevelCursor> = st.levels.iter().map(|l| &l.cursor).collect();
-        let record = acklog::snapshot_record(&cursors);
+        let record = acklog::snapshot_record(&cursors, clean);
         match acklog::append(ack_log, record, now).and_then(|offset| {
             ack_log.delete_records_before(offset)?;
             Ok(())
@@ -860,7 +863,7 @@ impl Classic {
         }
         st.ready_count = 0;
         st.ready_bytes = 0;
-        self.snapshot(&mut st, now);
+        self.snapshot(&mut st, now, false);
         Ok(purged)
     }
 
@@ -868,7 +871,7 @@ impl Classic {
     pub fn close(&self, end: ConsumerEnd, delete: bool, now: i64) -> u64 {
         let mut st = self.state.lock();
         if !delete {
-            self.snapshot(&mut st, now);
+            self.snapshot(&mut st, now, end == ConsumerEnd::Shutdown);
         }
         st.deleted |= delete;
         for slot in st.consumers.drain(..) {
@@ -963,7 +966,7 @@ impl Classic {
             }
         }
         if st.ack_records_since_snapshot >= ACK_RECORDS_PER_SNAPSHOT {
-            self.snapshot(&mut st, now);
+            self.snapshot(&mut st, now, false);
         }
         (next - now, ask)
     }

@@ -46,7 +46,8 @@ pub use classic::{
 };
 use classic::{Classic, DeadLetters};
 pub use settings::{
-    queue_resource, type_name, Overflow, QueueSettings, QueueType, MAX_EXPIRY_MS, MAX_PRIORITY,
+    max_age_ms, queue_resource, type_name, Overflow, QueueSettings, QueueType, MAX_EXPIRY_MS,
+    MAX_PRIORITY,
 };
 pub use stream::{stream_topic, STREAM_OFFSET_HEADER};
 use stream::{Stream, StreamCursor};
@@ -275,7 +276,7 @@ impl Queue {
                     .broker
                     .upgrade()
                     .ok_or(MqError::Core(CoreError::ShuttingDown))?;
-                Engine::Stream(Stream::open(&broker, vhost, name)?)
+                Engine::Stream(Stream::open(&broker, vhost, name, &settings)?)
             }
             QueueType::Classic | QueueType::Quorum => Engine::Classic(Classic::open(
                 &env.store,

@@ -19,6 +19,15 @@
 //! expiration, expiring at the head as RabbitMQ does), length limits with overflow
 //! behaviour, dead-lettering (handed to a [`DeadLetterSink`] with the reason), priorities,
 //! single active consumer, redelivery and auto-delete.
+//!
+//! Storage layout: the queue `q` of vhost `v` keeps its messages in the logs
+//! `__ferry_q.<key>-<level>` (`key` = [`storage_key`]`(v, q)`, a hash, since queue names
+//! may hold anything) and, if durable, its persisted cursor in `__ferry_qa.<key>-0`
+//! (see `acklog`). Durable queues' message logs are `flush=sync` (a persistent message is
+//! confirmed after the group-committed fsync); non-durable ones are async and start empty.
+//! Each classic queue has a maintenance task (TTL expiry at the heads, `x-expires` and
+//! auto-delete requests through [`DeadLetterSink::delete_queue`], deletion of consumed
+//! segments, coalesced ack records, ack-log snapshots).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};

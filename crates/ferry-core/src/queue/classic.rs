@@ -33,7 +33,11 @@ const READ_AHEAD_BYTES: u32 = 64 << 10;
 /// Bytes read per step by the recovery scan.
 const RECOVERY_READ_BYTES: u32 = 4 << 20;
 /// Queue logs roll segments at this size, so consumed messages free disk in these steps.
+#[cfg(not(test))]
 const QUEUE_SEGMENT_BYTES: u64 = 64 << 20;
+/// Small segments in tests, to see consumed ones deleted.
+#[cfg(test)]
+const QUEUE_SEGMENT_BYTES: u64 = 1 << 20;
 /// Largest stored message batch (RabbitMQ's default `max_message_size` is 128 MiB).
 const QUEUE_BATCH_BYTES_MAX: u32 = (128 << 20) + (64 << 10);
 /// Flush interval of a non-durable queue's log (its data never needs to survive).

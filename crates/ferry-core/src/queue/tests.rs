@@ -558,6 +558,51 @@ async fn coalesced_acks_reach_the_ack_log_without_a_shutdown() {
 }
 
 #[tokio::test]
+async fn consumed_segments_are_deleted_and_durability_follows_the_queue() {
+    let fx = Fixture::new();
+    let q = fx.queue(true, &[]);
+    let body = Bytes::from(vec![1u8; 1024]);
+    let mut last = None;
+    for _ in 0..2500 {
+        let mut m = msg("");
+        m.body = body.clone();
+        match q.enqueue(&m).expect("enqueue") {
+            EnqueueOutcome::Enqueued { durable } => {
+                assert!(
+                    !durable.is_immediate(),
+                    "a durable queue waits for the fsync"
+                );
+                last = Some(durable);
+            }
+            EnqueueOutcome::Rejected => panic!("rejected"),
+        }
+    }
+    within(last.expect("enqueued").wait())
+        .await
+        .expect("durable");
+    let id = ferry_storage::LogId {
+        topic: format!("{QUEUE_LOG_PREFIX}{}", storage_key("/", "q")),
+        partition: 0,
+    };
+    let log = fx.store.log(&id).expect("queue log");
+    let size_before = log.size_bytes();
+    for _ in 0..2000 {
+        let d = get(&q);
+        q.ack(&[d.id]).expect("ack");
+    }
+    wait_until(|| log.log_start_offset() > 0).await;
+    assert!(log.log_start_offset() <= 2000);
+    assert!(log.size_bytes() < size_before, "no segment was deleted");
+    assert_eq!(q.message_count(), 500);
+
+    let t = fx.named("transient", false, false, &[]);
+    match t.enqueue(&msg("x")).expect("enqueue") {
+        EnqueueOutcome::Enqueued { durable } => assert!(durable.is_immediate()),
+        EnqueueOutcome::Rejected => panic!("rejected"),
+    }
+}
+
+#[tokio::test]
 async fn non_durable_queues_start_empty() {
     let fx = Fixture::new();
     let q = fx.queue(false, &[]);

@@ -640,8 +640,14 @@ impl Classic {
         }
         st.ready_count += 1;
         st.ready_bytes += size;
-        self.dispatch(&mut st, settings, now, dead)?;
-        Self::enforce_limits(&mut st, settings, now, dead)?;
+        // The message is stored: a failed read while handing out or dropping messages must
+        // not make the publisher think it was not.
+        if let Err(e) = self
+            .dispatch(&mut st, settings, now, dead)
+            .and_then(|()| Self::enforce_limits(&mut st, settings, now, dead))
+        {
+            tracing::warn!("queue dispatch after an enqueue failed: {e}");
+        }
         let expiring = settings.message_ttl_ms.is_some() || message.properties.expiration.is_some();
         st.may_expire |= expiring;
         if expiring && !st.timer_armed {
@@ -664,6 +670,10 @@ impl Classic {
         now: i64,
     ) {
         let mut st = self.state.lock();
+        if st.deleted {
+            shared.end(ConsumerEnd::QueueDeleted);
+            return;
+        }
         st.consumers.push(Slot {
             id,
             priority,

@@ -22,6 +22,9 @@ use crate::CoreError;
 const TAG_SETTLE: u8 = 1;
 /// Record tag: a snapshot of every level.
 const TAG_SNAPSHOT: u8 = 2;
+/// Record tag: a snapshot written at a clean shutdown (the read positions in it are exact;
+/// after anything else, every recovered message is flagged redelivered).
+const TAG_CLEAN_SNAPSHOT: u8 = 3;
 /// Bytes read per step while replaying.
 const REPLAY_READ_BYTES: u32 = 4 << 20;
 /// Ack logs roll small segments so that compaction frees disk soon.
@@ -115,10 +118,14 @@ pub(crate) fn settle_record(level: u8, read_pos: i64, ranges: &[(i64, i64)]) -> 
     buf.freeze()
 }
 
-/// Encodes a snapshot of every level.
-pub(crate) fn snapshot_record(levels: &[&LevelCursor]) -> Bytes {
+/// Encodes a snapshot of every level; `clean` at a clean shutdown.
+pub(crate) fn snapshot_record(levels: &[&LevelCursor], clean: bool) -> Bytes {
     let mut buf = BytesMut::new();
-    buf.put_u8(TAG_SNAPSHOT);
+    buf.put_u8(if clean {
+        TAG_CLEAN_SNAPSHOT
+    } else {
+        TAG_SNAPSHOT
+    });
     put_uvarint(&mut buf, levels.len() as u64);
     for level in levels {
         put_svarint(&mut buf, level.mark_delete);
@@ -131,10 +138,11 @@ pub(crate) fn snapshot_record(levels: &[&LevelCursor]) -> Bytes {
     buf.freeze()
 }
 
-/// Applies one record to `levels`.
-fn apply(value: &Bytes, levels: &mut [LevelCursor]) -> MqResult<()> {
+/// Applies one record to `levels`; whether it was a clean-shutdown snapshot.
+fn apply(value: &Bytes, levels: &mut [LevelCursor]) -> MqResult<bool> {
     let mut reader = Reader { buf: value, pos: 0 };
-    match reader.u8()? {
+    let tag = reader.u8()?;
+    match tag {
         TAG_SETTLE => {
             let level = reader.u8()? as usize;
             let read_pos = reader.svarint()?;
@@ -144,7 +152,7 @@ fn apply(value: &Bytes, levels: &mut [LevelCursor]) -> MqResult<()> {
             cursor.read_pos = cursor.read_pos.max(read_pos);
             read_ranges(&mut reader, |s, e| cursor.settle(s, e))?;
         }
-        TAG_SNAPSHOT => {
+        TAG_SNAPSHOT | TAG_CLEAN_SNAPSHOT => {
             let n = reader.uvarint()? as usize;
             if n != levels.len() {
                 return Err(corrupt("snapshot with another number of priority levels"));
@@ -165,12 +173,14 @@ fn apply(value: &Bytes, levels: &mut [LevelCursor]) -> MqResult<()> {
         }
         tag => return Err(corrupt(&format!("unknown record tag {tag}"))),
     }
-    Ok(())
+    Ok(tag == TAG_CLEAN_SNAPSHOT)
 }
 
-/// Replays an ack log into one cursor per level.
-pub(crate) fn replay(log: &PartitionLog, level_count: usize) -> MqResult<Vec<LevelCursor>> {
+/// Replays an ack log into one cursor per level; whether its last record is a
+/// clean-shutdown snapshot.
+pub(crate) fn replay(log: &PartitionLog, level_count: usize) -> MqResult<(Vec<LevelCursor>, bool)> {
     let mut levels = vec![LevelCursor::default(); level_count];
+    let mut clean = false;
     let end = log.high_watermark();
     let mut offset = log.log_start_offset();
     while offset < end {
@@ -185,13 +195,13 @@ pub(crate) fn replay(log: &PartitionLog, level_count: usize) -> MqResult<Vec<Lev
                     continue;
                 }
                 if let Some(value) = &record.value {
-                    apply(value, &mut levels)?;
+                    clean = apply(value, &mut levels)?;
                 }
             }
         }
         offset = read.next_offset;
     }
-    Ok(levels)
+    Ok((levels, clean))
 }
 
 /// Appends one ack record.
@@ -222,9 +232,9 @@ mod tests {
             settled: RangeSet::default(),
         };
         other.settled.insert_range(12, 14);
-        let snap = snapshot_record(&[&levels[0], &other]);
+        let snap = snapshot_record(&[&levels[0], &other], true);
         let mut replayed = vec![LevelCursor::default(); 2];
-        apply(&snap, &mut replayed).expect("applies");
+        assert!(apply(&snap, &mut replayed).expect("applies"));
         assert_eq!(replayed[0], levels[0]);
         assert_eq!(replayed[1], other);
         assert!(apply(&settle_record(5, 0, &[]), &mut replayed).is_err());

@@ -33,13 +33,22 @@ const READ_AHEAD_BYTES: u32 = 64 << 10;
 /// Bytes read per step by the recovery scan.
 const RECOVERY_READ_BYTES: u32 = 4 << 20;
 /// Queue logs roll segments at this size, so consumed messages free disk in these steps.
+#[cfg(not(test))]
 const QUEUE_SEGMENT_BYTES: u64 = 64 << 20;
+/// Small segments in tests, to see consumed ones deleted.
+#[cfg(test)]
+const QUEUE_SEGMENT_BYTES: u64 = 1 << 20;
 /// Largest stored message batch (RabbitMQ's default `max_message_size` is 128 MiB).
 const QUEUE_BATCH_BYTES_MAX: u32 = (128 << 20) + (64 << 10);
 /// Flush interval of a non-durable queue's log (its data never needs to survive).
 const TRANSIENT_FLUSH_MS: u64 = 5_000;
 /// Least time between two deletions of consumed segments of one queue.
 const TRUNCATE_INTERVAL_MS: i64 = 1_000;
+/// Settle records are written at most this often while acks keep coming (each waits for
+/// the next write; a crash may redeliver them, as with any unflushed ack)…
+const ACK_COALESCE_MS: i64 = 10;
+/// …unless this many ranges are pending.
+const ACK_COALESCE_RANGES: usize = 256;
 /// Longest sleep of a queue's maintenance task (segment deletion, ack-log snapshots).
 pub(crate) const MAINTENANCE_INTERVAL_MS: i64 = 1_000;
 
@@ -194,6 +203,10 @@ struct State {
     /// Whether a ready message may carry a TTL (the maintenance task then looks at the
     /// heads; otherwise it leaves the read-ahead alone).
     may_expire: bool,
+    /// Settled ranges wait for the maintenance task to write them.
+    persist_due: bool,
+    /// When settle records were last written.
+    persisted_ms: i64,
     /// Whether the maintenance task knows of a deadline (an enqueue with a TTL wakes it
     /// only when not).
     timer_armed: bool,
@@ -213,6 +226,8 @@ pub(crate) struct Classic {
     log_ids: Vec<LogId>,
     /// RabbitMQ's NOT_FOUND text for this queue once deleted.
     missing: String,
+    /// Wakes the queue's maintenance task.
+    wake: Arc<Notify>,
     /// A quorum queue: deliveries carry `x-delivery-count`, `x-delivery-limit` applies.
     quorum: bool,
     /// Quorum `x-delivery-limit`: a message returned more often is dead-lettered.
@@ -271,6 +286,7 @@ impl Classic {
         name: &str,
         settings: &QueueSettings,
         now: i64,
+        wake: Arc<Notify>,
     ) -> MqResult<Classic> {
         let key = storage_key(vhost, name);
         let level_count = settings.max_priority.map_or(1, |p| usize::from(p) + 1);
@@ -286,10 +302,15 @@ impl Classic {
         };
         // Logs of this name that this declaration does not use: a non-durable queue never
         // recovers anything, and no queue keeps levels it no longer has.
-        for id in store.log_ids() {
-            let ours = id.topic == log_ids[0].topic || id.topic == ack_id.topic;
+        let candidates = (0..=u32::from(u8::MAX))
+            .map(|partition| LogId {
+                topic: log_ids[0].topic.clone(),
+                partition,
+            })
+            .chain([ack_id.clone()]);
+        for id in candidates {
             let used = settings.durable && (log_ids.contains(&id) || id == ack_id);
-            if ours && !used {
+            if !used && store.log(&id).is_some() {
                 store.remove_log(&id)?;
             }
         }
@@ -313,12 +334,12 @@ impl Classic {
             .iter()
             .map(|id| store.open_log(id, config.clone()))
             .collect::<Result<Vec<_>, _>>()?;
-        let (ack_log, cursors) = if settings.durable {
+        let (ack_log, cursors, clean) = if settings.durable {
             let log = store.open_log(&ack_id, acklog::ack_log_config())?;
-            let cursors = acklog::replay(&log, level_count)?;
-            (Some(log), cursors)
+            let (cursors, clean) = acklog::replay(&log, level_count)?;
+            (Some(log), cursors, clean)
         } else {
-            (None, vec![LevelCursor::default(); level_count])
+            (None, vec![LevelCursor::default(); level_count], true)
         };
         if ack_log.is_some() {
             log_ids.push(ack_id);
@@ -335,6 +356,8 @@ impl Classic {
             delete_asked: false,
             ack_records_since_snapshot: 0,
             timer_armed: false,
+            persist_due: false,
+            persisted_ms: 0,
             may_expire: settings.message_ttl_ms.is_some(),
             deleted: false,
         };
@@ -345,7 +368,9 @@ impl Classic {
             cursor.mark_delete = cursor.mark_delete.clamp(start, end);
             cursor.settled.remove_below(cursor.mark_delete);
             cursor.settled.remove_from(end);
-            cursor.read_pos = cursor.read_pos.min(end);
+            // After a crash the persisted read position may lag: flag every recovered
+            // message redelivered rather than miss one that was delivered.
+            cursor.read_pos = if clean { cursor.read_pos.min(end) } else { end };
             let mut level = Level::new(log, cursor);
             let (count, bytes) = recover_level(&mut level)?;
             // Recovered messages may carry a per-message expiration.
@@ -359,6 +384,7 @@ impl Classic {
             ack_log,
             log_ids,
             missing: format!("no queue '{name}' in vhost '{vhost}'"),
+            wake,
             quorum: settings.queue_type == QueueType::Quorum,
             delivery_limit: settings
                 .arguments
@@ -368,7 +394,7 @@ impl Classic {
         };
         {
             let mut st = classic.state.lock();
-            classic.snapshot(&mut st, now);
+            classic.snapshot(&mut st, now, false);
         }
         Ok(classic)
     }
@@ -378,8 +404,9 @@ impl Classic {
         &self.log_ids
     }
 
-    /// Writes a snapshot of every level's cursor and drops the ack records before it.
-    fn snapshot(&self, st: &mut State, now: i64) {
+    /// Writes a snapshot of every level's cursor (`clean` at a clean shutdown) and drops
+    /// the ack records before it.
+    fn snapshot(&self, st: &mut State, now: i64, clean: bool) {
         let Some(ack_log) = &self.ack_log else {
             return;
         };
@@ -388,7 +415,7 @@ impl Classic {
             level.pending.clear();
         }
         let cursors: Vec<&LevelCursor> = st.levels.iter().map(|l| &l.cursor).collect();
-        let record = acklog::snapshot_record(&cursors);
+        let record = acklog::snapshot_record(&cursors, clean);
         match acklog::append(ack_log, record, now).and_then(|offset| {
             ack_log.delete_records_before(offset)?;
             Ok(())
@@ -398,14 +425,28 @@ impl Classic {
         }
     }
 
-    /// Writes pending settle records.
-    fn persist(&self, st: &mut State, now: i64) {
+    /// Writes pending settle records, or leaves them to the maintenance task for up to
+    /// `ACK_COALESCE_MS` (`force` writes now).
+    fn persist(&self, st: &mut State, now: i64, force: bool) {
         let Some(ack_log) = &self.ack_log else {
             for level in &mut st.levels {
                 level.pending.clear();
             }
             return;
         };
+        let pending: usize = st.levels.iter().map(|l| l.pending.len()).sum();
+        if pending == 0 {
+            return;
+        }
+        if !force && pending < ACK_COALESCE_RANGES && now - st.persisted_ms < ACK_COALESCE_MS {
+            if !st.persist_due {
+                st.persist_due = true;
+                self.wake.notify_one();
+            }
+            return;
+        }
+        st.persist_due = false;
+        st.persisted_ms = now;
         for (index, level) in st.levels.iter_mut().enumerate() {
             if level.pending.is_empty() {
                 continue;
@@ -563,7 +604,6 @@ impl Classic {
         batch: Bytes,
         now: i64,
         dead: &mut DeadLetters,
-        wake_timer: &Notify,
     ) -> MqResult<EnqueueOutcome> {
         let size = message.body_len();
         let index = match (settings.max_priority, message.properties.priority) {
@@ -600,15 +640,21 @@ impl Classic {
         }
         st.ready_count += 1;
         st.ready_bytes += size;
-        self.dispatch(&mut st, settings, now, dead)?;
-        Self::enforce_limits(&mut st, settings, now, dead)?;
+        // The message is stored: a failed read while handing out or dropping messages must
+        // not make the publisher think it was not.
+        if let Err(e) = self
+            .dispatch(&mut st, settings, now, dead)
+            .and_then(|()| Self::enforce_limits(&mut st, settings, now, dead))
+        {
+            tracing::warn!("queue dispatch after an enqueue failed: {e}");
+        }
         let expiring = settings.message_ttl_ms.is_some() || message.properties.expiration.is_some();
         st.may_expire |= expiring;
         if expiring && !st.timer_armed {
             st.timer_armed = true;
-            wake_timer.notify_one();
+            self.wake.notify_one();
         }
-        self.persist(&mut st, now);
+        self.persist(&mut st, now, false);
         Ok(EnqueueOutcome::Enqueued {
             durable: appended.durable,
         })
@@ -624,6 +670,10 @@ impl Classic {
         now: i64,
     ) {
         let mut st = self.state.lock();
+        if st.deleted {
+            shared.end(ConsumerEnd::QueueDeleted);
+            return;
+        }
         st.consumers.push(Slot {
             id,
             priority,
@@ -686,7 +736,6 @@ impl Classic {
         id: u64,
         now: i64,
         dead: &mut DeadLetters,
-        wake_timer: &Notify,
     ) {
         let mut st = self.state.lock();
         let Some(pos) = st.consumers.iter().position(|s| s.id == id) else {
@@ -702,11 +751,11 @@ impl Classic {
                 st.delete_due = Some(DeleteReason::AutoDelete);
             }
             // x-expires counts from now.
-            wake_timer.notify_one();
+            self.wake.notify_one();
         } else if let Err(e) = self.dispatch(&mut st, settings, now, dead) {
             tracing::warn!("queue dispatch after a consumer left failed: {e}");
         }
-        self.persist(&mut st, now);
+        self.persist(&mut st, now, false);
     }
 
     /// The delivery waiting for consumer `id`, registering it as waiting if there is none.
@@ -740,7 +789,7 @@ impl Classic {
             let level = &mut st.levels[usize::from(delivery.id.level)];
             level.unacked.remove(&delivery.id.offset);
             level.settle(delivery.id.offset, delivery.id.offset + 1);
-            self.persist(&mut st, now);
+            self.persist(&mut st, now, false);
         }
         Ok(Some(delivery))
     }
@@ -758,7 +807,7 @@ impl Classic {
         st.last_used_ms = now;
         let popped = Self::pop_ready(&mut st, settings, now, dead)?;
         let delivery = popped.map(|(index, held)| self.hand_out(&mut st, index, held, !no_ack));
-        self.persist(&mut st, now);
+        self.persist(&mut st, now, false);
         Ok(delivery)
     }
 
@@ -772,7 +821,7 @@ impl Classic {
                 }
             }
         }
-        self.persist(&mut st, now);
+        self.persist(&mut st, now, false);
     }
 
     /// Requeues or settles (dead-lettering) rejected deliveries.
@@ -802,7 +851,7 @@ impl Classic {
         if requeue {
             self.dispatch(&mut st, settings, now, dead)?;
         }
-        self.persist(&mut st, now);
+        self.persist(&mut st, now, false);
         Ok(())
     }
 
@@ -828,7 +877,7 @@ impl Classic {
         }
         st.ready_count = 0;
         st.ready_bytes = 0;
-        self.snapshot(&mut st, now);
+        self.snapshot(&mut st, now, false);
         Ok(purged)
     }
 
@@ -836,7 +885,7 @@ impl Classic {
     pub fn close(&self, end: ConsumerEnd, delete: bool, now: i64) -> u64 {
         let mut st = self.state.lock();
         if !delete {
-            self.snapshot(&mut st, now);
+            self.snapshot(&mut st, now, end == ConsumerEnd::Shutdown);
         }
         st.deleted |= delete;
         for slot in st.consumers.drain(..) {
@@ -922,9 +971,16 @@ impl Classic {
                 }
             }
         }
-        self.persist(&mut st, now);
+        if st.persist_due {
+            let due = st.persisted_ms + ACK_COALESCE_MS;
+            if now >= due {
+                self.persist(&mut st, now, true);
+            } else {
+                next = next.min(due);
+            }
+        }
         if st.ack_records_since_snapshot >= ACK_RECORDS_PER_SNAPSHOT {
-            self.snapshot(&mut st, now);
+            self.snapshot(&mut st, now, false);
         }
         (next - now, ask)
     }
@@ -944,7 +1000,8 @@ fn recover_level(level: &mut Level) -> MqResult<(u64, u64)> {
         for (header, batch) in split_batches(&read.records, false)? {
             for record in decode_records(&batch)? {
                 let at = header.base_offset + i64::from(record.offset_delta);
-                if at < offset || level.cursor.settled.contains(at) {
+                if at < offset || at < level.cursor.mark_delete || level.cursor.settled.contains(at)
+                {
                     continue;
                 }
                 if record_is_persistent(&record) {

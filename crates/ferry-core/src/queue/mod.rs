@@ -19,6 +19,15 @@
 //! expiration, expiring at the head as RabbitMQ does), length limits with overflow
 //! behaviour, dead-lettering (handed to a [`DeadLetterSink`] with the reason), priorities,
 //! single active consumer, redelivery and auto-delete.
+//!
+//! Storage layout: the queue `q` of vhost `v` keeps its messages in the logs
+//! `__ferry_q.<key>-<level>` (`key` = [`storage_key`]`(v, q)`, a hash, since queue names
+//! may hold anything) and, if durable, its persisted cursor in `__ferry_qa.<key>-0`
+//! (see `acklog`). Durable queues' message logs are `flush=sync` (a persistent message is
+//! confirmed after the group-committed fsync); non-durable ones are async and start empty.
+//! Each classic queue has a maintenance task (TTL expiry at the heads, `x-expires` and
+//! auto-delete requests through [`DeadLetterSink::delete_queue`], deletion of consumed
+//! segments, coalesced ack records, ack-log snapshots).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -46,7 +55,8 @@ pub use classic::{
 };
 use classic::{Classic, DeadLetters};
 pub use settings::{
-    queue_resource, type_name, Overflow, QueueSettings, QueueType, MAX_EXPIRY_MS, MAX_PRIORITY,
+    max_age_ms, queue_resource, type_name, Overflow, QueueSettings, QueueType, MAX_EXPIRY_MS,
+    MAX_PRIORITY,
 };
 pub use stream::{stream_topic, STREAM_OFFSET_HEADER};
 use stream::{Stream, StreamCursor};
@@ -268,17 +278,23 @@ impl Queue {
         settings: QueueSettings,
     ) -> MqResult<Arc<Queue>> {
         let now = now_ms();
+        let maintenance = Arc::new(Notify::new());
         let engine = match settings.queue_type {
             QueueType::Stream => {
                 let broker = env
                     .broker
                     .upgrade()
                     .ok_or(MqError::Core(CoreError::ShuttingDown))?;
-                Engine::Stream(Stream::open(&broker, vhost, name)?)
+                Engine::Stream(Stream::open(&broker, vhost, name, &settings)?)
             }
-            QueueType::Classic | QueueType::Quorum => {
-                Engine::Classic(Classic::open(&env.store, vhost, name, &settings, now)?)
-            }
+            QueueType::Classic | QueueType::Quorum => Engine::Classic(Classic::open(
+                &env.store,
+                vhost,
+                name,
+                &settings,
+                now,
+                maintenance.clone(),
+            )?),
         };
         let queue = Arc::new(Queue {
             name: name.to_string(),
@@ -289,7 +305,7 @@ impl Queue {
             engine,
             consumers: Mutex::new(Vec::new()),
             deleted: AtomicBool::new(false),
-            maintenance: Arc::new(Notify::new()),
+            maintenance,
         });
         if matches!(queue.engine, Engine::Classic(_)) {
             match tokio::runtime::Handle::try_current() {
@@ -413,14 +429,7 @@ impl Queue {
         match &self.engine {
             Engine::Classic(classic) => {
                 let mut dead = Vec::new();
-                let outcome = classic.enqueue(
-                    &self.settings,
-                    message,
-                    batch,
-                    now,
-                    &mut dead,
-                    &self.maintenance,
-                );
+                let outcome = classic.enqueue(&self.settings, message, batch, now, &mut dead);
                 self.send_dead_letters(dead);
                 outcome
             }
@@ -546,13 +555,7 @@ impl Queue {
         match &self.engine {
             Engine::Classic(classic) => {
                 let mut dead = Vec::new();
-                classic.remove_consumer(
-                    &self.settings,
-                    consumer.id,
-                    now_ms(),
-                    &mut dead,
-                    &self.maintenance,
-                );
+                classic.remove_consumer(&self.settings, consumer.id, now_ms(), &mut dead);
                 self.send_dead_letters(dead);
             }
             Engine::Stream(stream) => {

@@ -163,6 +163,23 @@ fn bool_arg(value: &FieldValue) -> Result<bool, ArgError> {
     }
 }
 
+/// A stream's `x-max-age` (`<n><unit>`, unit one of `Y M D h m s`) in milliseconds.
+pub fn max_age_ms(text: &str) -> Option<i64> {
+    let unit_at = text.find(|c: char| !c.is_ascii_digit())?;
+    let (digits, unit) = text.split_at(unit_at);
+    let n: i64 = digits.parse().ok()?;
+    let unit_ms: i64 = match unit {
+        "Y" => 365 * 24 * 3_600_000,
+        "M" => 30 * 24 * 3_600_000,
+        "D" => 24 * 3_600_000,
+        "h" => 3_600_000,
+        "m" => 60_000,
+        "s" => 1_000,
+        _ => return None,
+    };
+    n.checked_mul(unit_ms).filter(|ms| *ms > 0)
+}
+
 /// `queue 'q' in vhost '/'`, RabbitMQ's `rabbit_misc:rs/1` of a queue.
 pub fn queue_resource(vhost: &str, queue: &str) -> String {
     format!("queue '{queue}' in vhost '{vhost}'")
@@ -216,6 +233,8 @@ impl QueueSettings {
             "x-queue-mode",
             "x-single-active-consumer",
             "x-queue-type",
+            "x-max-age",
+            "x-stream-max-segment-size-bytes",
         ] {
             let Some(value) = arguments.get(key) else {
                 continue;
@@ -274,6 +293,13 @@ impl QueueSettings {
                             "stream" => QueueType::Stream,
                             other => return Err(format!("\"unsupported queue type '{other}'\"")),
                         }
+                    }
+                    "x-max-age" => {
+                        let text = string_arg(value)?;
+                        max_age_ms(&text).ok_or_else(|| "invalid_max_age".to_string())?;
+                    }
+                    "x-stream-max-segment-size-bytes" => {
+                        non_neg_int(value)?;
                     }
                     _ => {}
                 }
@@ -502,7 +528,7 @@ mod tests {
         );
         assert_eq!(
             text(parse(&[
-                ("x-queue-type", stream),
+                ("x-queue-type", stream.clone()),
                 ("x-message-ttl", FieldValue::I32(5))
             ])),
             "invalid arg 'x-message-ttl' for queue 'q' in vhost '/' of queue type rabbit_stream_queue"
@@ -513,6 +539,16 @@ mod tests {
                 ("x-max-priority", FieldValue::I32(5))
             ])),
             "invalid arg 'x-max-priority' for queue 'q' in vhost '/' of queue type rabbit_quorum_queue"
+        );
+        assert_eq!(max_age_ms("7D"), Some(7 * 24 * 3_600_000));
+        assert_eq!(max_age_ms("10s"), Some(10_000));
+        assert_eq!(max_age_ms("1x"), None);
+        assert_eq!(
+            text(parse(&[
+                ("x-queue-type", stream.clone()),
+                ("x-max-age", s("soon"))
+            ])),
+            "invalid arg 'x-max-age' for queue 'q' in vhost '/': invalid_max_age"
         );
         assert_eq!(
             text(parse(&[("x-queue-type", s("lazy"))])),

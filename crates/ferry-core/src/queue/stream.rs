@@ -7,7 +7,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ferry_storage::batch::{decode_records, split_batches, BatchHeader};
 
-use super::{Delivery, DeliveryId, EnqueueOutcome, StreamStart};
+use super::settings::max_age_ms;
+use super::{Delivery, DeliveryId, EnqueueOutcome, QueueSettings, StreamStart};
 use crate::message::{message_from_record, FieldTable, FieldValue, Message};
 use crate::mq::{MqError, MqResult};
 use crate::partition::{AppendOutcome, Partition};
@@ -56,11 +57,36 @@ pub fn stream_topic(vhost: &str, name: &str) -> MqResult<String> {
 }
 
 impl Stream {
-    /// Adopts the topic if it exists, else creates it with one partition.
-    pub fn open(broker: &Broker, vhost: &str, name: &str) -> MqResult<Stream> {
+    /// Adopts the topic if it exists, else creates it with one partition and the stream's
+    /// retention (`x-max-length-bytes` → `retention.bytes`, `x-max-age` → `retention.ms`,
+    /// `x-stream-max-segment-size-bytes` → `segment.bytes`).
+    pub fn open(
+        broker: &Broker,
+        vhost: &str,
+        name: &str,
+        settings: &QueueSettings,
+    ) -> MqResult<Stream> {
         let topic = stream_topic(vhost, name)?;
         if broker.stream_partition(&topic).is_none() {
-            match broker.create_topic(&topic, Some(1), BTreeMap::new(), false) {
+            let mut configs = BTreeMap::new();
+            if let Some(bytes) = settings.max_length_bytes {
+                configs.insert("retention.bytes".to_string(), bytes.to_string());
+            }
+            let args = &settings.arguments;
+            if let Some(ms) = args.get("x-max-age").and_then(|v| match v {
+                FieldValue::LongString(b) => max_age_ms(&String::from_utf8_lossy(b)),
+                FieldValue::ShortString(t) => max_age_ms(t),
+                _ => None,
+            }) {
+                configs.insert("retention.ms".to_string(), ms.to_string());
+            }
+            if let Some(bytes) = args
+                .get("x-stream-max-segment-size-bytes")
+                .and_then(super::settings::int_of)
+            {
+                configs.insert("segment.bytes".to_string(), bytes.to_string());
+            }
+            match broker.create_topic(&topic, Some(1), configs, false) {
                 Ok(_) | Err(CoreError::TopicAlreadyExists(_)) => {}
                 Err(e) => return Err(e.into()),
             }

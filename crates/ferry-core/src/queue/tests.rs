@@ -536,6 +536,73 @@ async fn restart_redelivers_only_unacked_and_drops_transients() {
 }
 
 #[tokio::test]
+async fn coalesced_acks_reach_the_ack_log_without_a_shutdown() {
+    let fx = Fixture::new();
+    let q = fx.queue(true, &[]);
+    for i in 0..20 {
+        put(&q, &msg(&format!("m{i}")));
+    }
+    // Acks one by one, out of order, faster than the coalescing interval.
+    let deliveries: Vec<Delivery> = (0..20).map(|_| get(&q)).collect();
+    for d in deliveries.iter().rev().step_by(2) {
+        q.ack(&[d.id]).expect("ack");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(q);
+    let fx = fx.restart();
+    let q = fx.queue(true, &[]);
+    assert_eq!(q.message_count(), 10);
+    let left: Vec<String> = (0..10).map(|_| body(&get(&q))).collect();
+    let want: Vec<String> = (0..20).step_by(2).map(|i| format!("m{i}")).collect();
+    assert_eq!(left, want);
+}
+
+#[tokio::test]
+async fn consumed_segments_are_deleted_and_durability_follows_the_queue() {
+    let fx = Fixture::new();
+    let q = fx.queue(true, &[]);
+    let body = Bytes::from(vec![1u8; 1024]);
+    let mut last = None;
+    for _ in 0..2500 {
+        let mut m = msg("");
+        m.body = body.clone();
+        match q.enqueue(&m).expect("enqueue") {
+            EnqueueOutcome::Enqueued { durable } => {
+                assert!(
+                    !durable.is_immediate(),
+                    "a durable queue waits for the fsync"
+                );
+                last = Some(durable);
+            }
+            EnqueueOutcome::Rejected => panic!("rejected"),
+        }
+    }
+    within(last.expect("enqueued").wait())
+        .await
+        .expect("durable");
+    let id = ferry_storage::LogId {
+        topic: format!("{QUEUE_LOG_PREFIX}{}", storage_key("/", "q")),
+        partition: 0,
+    };
+    let log = fx.store.log(&id).expect("queue log");
+    let size_before = log.size_bytes();
+    for _ in 0..2000 {
+        let d = get(&q);
+        q.ack(&[d.id]).expect("ack");
+    }
+    wait_until(|| log.log_start_offset() > 0).await;
+    assert!(log.log_start_offset() <= 2000);
+    assert!(log.size_bytes() < size_before, "no segment was deleted");
+    assert_eq!(q.message_count(), 500);
+
+    let t = fx.named("transient", false, false, &[]);
+    match t.enqueue(&msg("x")).expect("enqueue") {
+        EnqueueOutcome::Enqueued { durable } => assert!(durable.is_immediate()),
+        EnqueueOutcome::Rejected => panic!("rejected"),
+    }
+}
+
+#[tokio::test]
 async fn non_durable_queues_start_empty() {
     let fx = Fixture::new();
     let q = fx.queue(false, &[]);
@@ -716,4 +783,205 @@ async fn million_waiting_messages_fit_in_bounded_memory() {
         rss_kib()
     );
     assert_eq!(q.message_count(), (MESSAGES - MESSAGES / 2) as u64);
+}
+
+/// Publish-and-consume throughput of one durable queue, persistent 1 KiB messages: one
+/// producer waiting for durability in windows of 100 (as publisher confirms), one consumer
+/// acking in batches of 50. Run with
+/// `cargo test -p ferry-core --release -- --ignored throughput --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn throughput_publish_consume() {
+    const MESSAGES: usize = 200_000;
+    const WINDOW: usize = 100;
+    const ACK_BATCH: usize = 50;
+    let fx = Fixture::new();
+    let q = fx.queue(true, &[]);
+    let consumer = q.add_consumer(spec("c")).expect("consumer");
+    let started = std::time::Instant::now();
+    let (qc, cc) = (q.clone(), consumer.clone());
+    let consuming = tokio::spawn(async move {
+        let mut pending = Vec::with_capacity(ACK_BATCH);
+        for _ in 0..MESSAGES {
+            let d = qc.next_delivery(&cc).await.expect("delivery");
+            pending.push(d.id);
+            if pending.len() == ACK_BATCH {
+                qc.ack(&pending).expect("ack");
+                pending.clear();
+            }
+        }
+        qc.ack(&pending).expect("ack");
+    });
+    let body = Bytes::from(vec![7u8; 1024]);
+    let mut waits = Vec::with_capacity(WINDOW);
+    for _ in 0..MESSAGES {
+        let mut m = msg("");
+        m.body = body.clone();
+        if let EnqueueOutcome::Enqueued { durable } = q.enqueue(&m).expect("enqueue") {
+            waits.push(durable);
+        }
+        if waits.len() == WINDOW {
+            for w in waits.drain(..) {
+                w.wait().await.expect("durable");
+            }
+        }
+    }
+    for w in waits.drain(..) {
+        w.wait().await.expect("durable");
+    }
+    let published = started.elapsed();
+    tokio::time::timeout(Duration::from_secs(300), consuming)
+        .await
+        .expect("consumer finished")
+        .expect("join");
+    let elapsed = started.elapsed();
+    println!(
+        "{MESSAGES} x 1 KiB persistent: published in {published:?} ({:.0} msg/s), consumed by {elapsed:?} ({:.0} msg/s)",
+        MESSAGES as f64 / published.as_secs_f64(),
+        MESSAGES as f64 / elapsed.as_secs_f64()
+    );
+    assert_eq!(q.message_count(), 0);
+}
+
+/// One step of the cursor model test.
+#[derive(Clone, Debug)]
+enum Op {
+    Enqueue {
+        persistent: bool,
+        priority: u8,
+    },
+    Get,
+    Ack(usize),
+    Reject {
+        pick: usize,
+        requeue: bool,
+    },
+    Purge,
+    /// Clean restart (queue shutdown, store shutdown).
+    Restart,
+    /// Restart without the queue's shutdown: coalesced acks are flushed by the maintenance
+    /// task first, read positions are not saved.
+    RestartUnclean,
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    prop_oneof![
+        3 => (0u8..6).prop_map(|priority| Op::Enqueue { persistent: true, priority }),
+        1 => (0u8..6).prop_map(|priority| Op::Enqueue { persistent: false, priority }),
+        4 => Just(Op::Get),
+        3 => any::<usize>().prop_map(Op::Ack),
+        2 => (any::<usize>(), any::<bool>()).prop_map(|(pick, requeue)| Op::Reject { pick, requeue }),
+        1 => Just(Op::Purge),
+        1 => Just(Op::Restart),
+        1 => Just(Op::RestartUnclean),
+    ]
+}
+
+/// Runs `ops` against a queue and a model of it (`max_priority`: `x-max-priority`).
+async fn run_model(ops: Vec<Op>, max_priority: Option<u8>) {
+    use std::cmp::Reverse;
+    use std::collections::{BTreeMap, BTreeSet};
+    let args: Vec<(&str, FieldValue)> = max_priority
+        .map(|p| ("x-max-priority", FieldValue::U8(p)))
+        .into_iter()
+        .collect();
+    let level = |p: u8| max_priority.map_or(0, |max| p.min(max));
+    let mut fx = Fixture::new();
+    let mut q = fx.queue(true, &args);
+    let mut next_id = 0u32;
+    // (Reverse(level), id) → persistent: delivery order.
+    let mut ready: BTreeMap<(Reverse<u8>, u32), bool> = BTreeMap::new();
+    let mut unacked: Vec<((Reverse<u8>, u32), bool, DeliveryId)> = Vec::new();
+    let mut delivered: BTreeSet<u32> = BTreeSet::new();
+    for op in ops {
+        match op {
+            Op::Enqueue {
+                persistent,
+                priority,
+            } => {
+                let m = with(&next_id.to_string(), |p| {
+                    p.delivery_mode = Some(if persistent { 2 } else { 1 });
+                    p.priority = Some(priority);
+                });
+                put(&q, &m);
+                ready.insert((Reverse(level(priority)), next_id), persistent);
+                next_id += 1;
+            }
+            Op::Get => {
+                let got = q.get(false).expect("get");
+                match ready.pop_first() {
+                    None => assert!(got.is_none()),
+                    Some((key, persistent)) => {
+                        let d = got.expect("a message");
+                        assert_eq!(body(&d), key.1.to_string());
+                        assert_eq!(d.redelivered, delivered.contains(&key.1), "id {}", key.1);
+                        delivered.insert(key.1);
+                        unacked.push((key, persistent, d.id));
+                    }
+                }
+            }
+            Op::Ack(pick) if !unacked.is_empty() => {
+                let (_, _, did) = unacked.remove(pick % unacked.len());
+                q.ack(&[did]).expect("ack");
+            }
+            Op::Reject { pick, requeue } if !unacked.is_empty() => {
+                let (key, persistent, did) = unacked.remove(pick % unacked.len());
+                q.reject(&[did], requeue).expect("reject");
+                if requeue {
+                    ready.insert(key, persistent);
+                }
+            }
+            Op::Purge => {
+                assert_eq!(q.purge().expect("purge"), ready.len() as u64);
+                ready.clear();
+            }
+            Op::Restart | Op::RestartUnclean => {
+                if matches!(op, Op::Restart) {
+                    q.shutdown();
+                } else {
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                }
+                drop(q);
+                fx = fx.restart();
+                q = fx.queue(true, &args);
+                for (key, persistent, _) in unacked.drain(..) {
+                    ready.insert(key, persistent);
+                }
+                ready.retain(|_, persistent| *persistent);
+                if matches!(op, Op::RestartUnclean) {
+                    // Without a clean snapshot every recovered message is flagged.
+                    delivered.extend(ready.keys().map(|k| k.1));
+                }
+            }
+            Op::Ack(_) | Op::Reject { .. } => {}
+        }
+        assert_eq!(q.message_count(), ready.len() as u64);
+    }
+}
+
+fn block_on(f: impl Future<Output = ()>) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(32))]
+
+    /// The cursor against a model: ready messages come out in offset order (highest
+    /// priority level first), acked ones never come back, unacked ones come back
+    /// (redelivered) after a restart, transient ones do not survive one.
+    #[test]
+    fn cursor_matches_model(ops in proptest::collection::vec(op(), 1..50)) {
+        block_on(run_model(ops, None));
+    }
+
+    /// The same with three priority levels (priorities above the maximum count as it).
+    #[test]
+    fn priority_cursor_matches_model(ops in proptest::collection::vec(op(), 1..50)) {
+        block_on(run_model(ops, Some(2)));
+    }
 }

@@ -10,11 +10,16 @@
 //!   rendering) so Kafka consumers can read them;
 //! - each set property → a Kafka header `amqp.<property>` (`amqp.content-type`,
 //!   `amqp.delivery-mode`, `amqp.message-id`, …), text form;
+//! - the exchange in `amqp.exchange` (omitted for the default exchange `""`);
 //! - the exact typed header table in header `amqp.headers` (Ferry's own compact binary
-//!   encoding of [`FieldTable`]) and the exchange in `amqp.exchange`, so that an AMQP
-//!   consumer gets back exactly what an AMQP publisher sent;
-//! - a record without `amqp.headers` (written by a Kafka producer) becomes a message whose
-//!   headers are its Kafka headers as long strings, routing key its key.
+//!   encoding of [`FieldTable`]) unless the text headers already say it exactly (every
+//!   value a long string, no name starting with `amqp.`, at least one header), so that an
+//!   AMQP consumer gets back exactly what an AMQP publisher sent while a Kafka consumer of
+//!   an ordinary message sees only readable headers;
+//! - a record without `amqp.headers` (written by a Kafka producer, or by AMQP with only
+//!   long-string headers) becomes a message whose headers are its Kafka headers other than
+//!   `amqp.*` as long strings (a null value as void), routing key its key (`""` if null),
+//!   body its value, properties its `amqp.<property>` headers (unparsable ones ignored).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use ferry_storage::batch::{BatchBuilder, Record};
@@ -132,7 +137,7 @@ impl Message {
 
 /// Prefix of the Kafka headers that carry AMQP properties and Ferry's own fields.
 const AMQP_HEADER_PREFIX: &str = "amqp.";
-/// Header holding the exchange; its presence marks a record written from the AMQP side.
+/// Header holding the exchange (absent for the default exchange).
 const EXCHANGE_HEADER: &str = "amqp.exchange";
 /// Header holding the exact typed application headers ([`encode_table`]).
 const HEADERS_HEADER: &str = "amqp.headers";
@@ -147,10 +152,12 @@ pub fn message_to_record(builder: &mut BatchBuilder, message: &Message, timestam
     let app_headers = props.headers.as_ref();
     let mut headers: Vec<(String, Option<Bytes>)> =
         Vec::with_capacity(3 + app_headers.map_or(0, |h| h.len()));
-    headers.push((
-        EXCHANGE_HEADER.to_string(),
-        Some(Bytes::copy_from_slice(message.exchange.as_bytes())),
-    ));
+    if !message.exchange.is_empty() {
+        headers.push((
+            EXCHANGE_HEADER.to_string(),
+            Some(Bytes::copy_from_slice(message.exchange.as_bytes())),
+        ));
+    }
     let mut text = |name: &str, value: Option<String>| {
         if let Some(value) = value {
             headers.push((
@@ -173,9 +180,15 @@ pub fn message_to_record(builder: &mut BatchBuilder, message: &Message, timestam
     text("app-id", props.app_id.clone());
     text("cluster-id", props.cluster_id.clone());
     if let Some(table) = app_headers {
-        let mut buf = BytesMut::new();
-        encode_table(&mut buf, table);
-        headers.push((HEADERS_HEADER.to_string(), Some(buf.freeze())));
+        let exact_as_text = !table.is_empty()
+            && table.iter().all(|(name, value)| {
+                matches!(value, FieldValue::LongString(_)) && !name.starts_with(AMQP_HEADER_PREFIX)
+            });
+        if !exact_as_text {
+            let mut buf = BytesMut::new();
+            encode_table(&mut buf, table);
+            headers.push((HEADERS_HEADER.to_string(), Some(buf.freeze())));
+        }
         for (name, value) in table {
             headers.push((name.clone(), text_form(value)));
         }
@@ -240,12 +253,11 @@ pub fn message_from_record(record: &Record) -> MqResult<Message> {
             _ => {}
         }
     }
-    properties.headers = match (&exchange, typed_headers) {
-        // Written by Ferry from AMQP: the typed table is exact (absent = no headers).
-        (Some(_), typed) => typed,
-        (None, Some(typed)) => Some(typed),
-        // Written by a Kafka producer: its plain headers, as long strings.
-        (None, None) => (!kafka_headers.is_empty()).then_some(kafka_headers),
+    properties.headers = match typed_headers {
+        // The exact typed table (its text copies are ignored).
+        Some(typed) => Some(typed),
+        // Long strings only, or written by a Kafka producer: the plain headers.
+        None => (!kafka_headers.is_empty()).then_some(kafka_headers),
     };
     Ok(Message {
         exchange: exchange.unwrap_or_default(),

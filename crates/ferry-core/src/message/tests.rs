@@ -112,6 +112,29 @@ fn kafka_readers_see_text_headers() {
 }
 
 #[test]
+fn ordinary_messages_carry_only_readable_headers() {
+    // Default exchange, long-string headers: no binary table, no exchange header.
+    let mut headers = FieldTable::new();
+    headers.insert("tenant".into(), FieldValue::LongString(Bytes::from("acme")));
+    let message = Message {
+        exchange: String::new(),
+        routing_key: "s".into(),
+        properties: Properties {
+            content_type: Some("application/json".into()),
+            headers: Some(headers),
+            ..Properties::default()
+        },
+        body: Bytes::from_static(b"{}"),
+    };
+    let mut builder = BatchBuilder::new(0);
+    message_to_record(&mut builder, &message, 0);
+    let records = decode_records(&builder.build()).expect("decodes");
+    let names: Vec<&str> = records[0].headers.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["amqp.content-type", "tenant"]);
+    assert_eq!(message_from_record(&records[0]).expect("maps"), message);
+}
+
+#[test]
 fn kafka_records_decode_sensibly() {
     let mut builder = BatchBuilder::new(0);
     builder.push(

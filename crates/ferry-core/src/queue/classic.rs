@@ -486,7 +486,7 @@ impl Classic {
                 let Some(held) = level.pop() else { break };
                 st.ready_count = st.ready_count.saturating_sub(1);
                 st.ready_bytes = st.ready_bytes.saturating_sub(held.size);
-                if expires_at(settings, &held).is_some_and(|at| now > at) {
+                if expires_at(settings, &held).is_some_and(|at| now >= at) {
                     st.levels[index].settle(held.offset, held.offset + 1);
                     if settings.dead_letters() {
                         dead.push((held.message, DeadLetterReason::Expired));
@@ -642,8 +642,11 @@ impl Classic {
         st.ready_bytes += size;
         // The message is stored: a failed read while handing out or dropping messages must
         // not make the publisher think it was not.
+        // A message is offered to waiting consumers once before its TTL counts (RabbitMQ
+        // delivers an `x-message-ttl: 0` message to a consumer that waits for it), hence
+        // the expiry clock one millisecond back for this dispatch.
         if let Err(e) = self
-            .dispatch(&mut st, settings, now, dead)
+            .dispatch(&mut st, settings, now - 1, dead)
             .and_then(|()| Self::enforce_limits(&mut st, settings, now, dead))
         {
             tracing::warn!("queue dispatch after an enqueue failed: {e}");
@@ -925,8 +928,8 @@ impl Classic {
                     }
                 };
                 let Some(Some(at)) = head else { break };
-                if now <= at {
-                    next = next.min(at + 1);
+                if now < at {
+                    next = next.min(at);
                     armed = true;
                     break;
                 }

@@ -331,6 +331,8 @@ async fn zero_ttl_delivers_only_to_a_waiting_consumer() {
     put(&q, &msg("caught"));
     assert_eq!(within(waiting).await.expect("join"), "caught");
     put(&q, &msg("dropped"));
+    // No consumer waits now: expired at once, a get right after the publish finds nothing.
+    assert!(q.get(false).expect("get").is_none());
     wait_until(|| q.message_count() == 0).await;
     let (qq, cc) = (q.clone(), c.clone());
     let late = tokio::spawn(async move { qq.next_delivery(&cc).await.map(|d| body(&d)) });

@@ -166,7 +166,11 @@ impl AmqpOptions {
         let exchange = if self.exchange.is_empty() {
             "default exchange".to_owned()
         } else {
-            format!("{:?} exchange {:?}", self.exchange_type, self.exchange)
+            let kind = match self.exchange_type {
+                ExchangeType::Direct => "direct",
+                ExchangeType::Topic => "topic",
+            };
+            format!("{kind} exchange {:?}", self.exchange)
         };
         let confirms = if self.confirms {
             format!("confirms (window {})", confirm_window(workload))
@@ -178,9 +182,13 @@ impl AmqpOptions {
         } else {
             format!("ack every {}", self.ack_every)
         };
+        let queue_type = match self.queue_type {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+            QueueType::Stream => "stream",
+        };
         format!(
-            "amqp: {:?} queues via the {exchange}, {} messages, {confirms}, prefetch {}, {acks}{}",
-            self.queue_type,
+            "amqp: {queue_type} queues via the {exchange}, {} messages, {confirms}, prefetch {}, {acks}{}",
             if self.persistent {
                 "persistent"
             } else {
@@ -886,7 +894,8 @@ impl QueueTally {
         let state = &ctx.state;
         state.consumed_per_partition[self.global].fetch_add(1, Ordering::AcqRel);
         state.consumed_total.fetch_add(1, Ordering::Relaxed);
-        if state.is_measured(Instant::now()) {
+        // The same clock reading as the latency: one clock read per delivery.
+        if now_ns >= self.measure_start_ns && now_ns < self.measure_end_ns {
             state.consumed_measured.fetch_add(1, Ordering::Relaxed);
         }
     }

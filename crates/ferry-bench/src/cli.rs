@@ -6,11 +6,13 @@ use std::sync::Arc;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
+use crate::amqp::{AmqpArgs, AmqpDriver};
+use crate::driver::Driver;
 use crate::error::{BenchError, Result};
 use crate::kafka::KafkaDriver;
 use crate::run::{run, Target};
 use crate::stats::Report;
-use crate::workload::{Acks, FlushMode, Workload};
+use crate::workload::{Acks, FlushMode, Protocol, Workload};
 
 /// Default target address.
 pub const DEFAULT_BOOTSTRAP: &str = "localhost:9092";
@@ -90,6 +92,15 @@ pub struct BenchArgs {
     /// No live progress line on stderr
     #[arg(long)]
     pub no_progress: bool,
+    /// Protocol to speak [default: kafka, or the workload file's `protocol`]
+    #[arg(long, value_enum)]
+    pub protocol: Option<Protocol>,
+    /// Name of the broker target in reports, e.g. rabbitmq [default: ferry]
+    #[arg(long, value_name = "NAME")]
+    pub label: Option<String>,
+    /// AMQP target and settings.
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
 }
 
 impl BenchArgs {
@@ -127,6 +138,10 @@ impl BenchArgs {
         if let Some(rate) = &self.rate {
             w.rate_msg_per_s = parse_rate(rate)?;
         }
+        if let Some(protocol) = self.protocol {
+            w.protocol = protocol;
+        }
+        self.amqp.apply(&mut w.amqp);
         w.validate()?;
         Ok(w)
     }
@@ -168,12 +183,31 @@ pub async fn run_cli(args: BenchArgs) -> Result<()> {
         },
         TargetArg::TcpBaseline => Target::TcpBaseline,
     });
-    let driver = Arc::new(KafkaDriver);
+    let driver: Arc<dyn Driver> = match workload.protocol {
+        Protocol::Kafka => Arc::new(KafkaDriver),
+        Protocol::Amqp => {
+            if targets.contains(&Target::TcpBaseline) {
+                return Err(BenchError::Workload(
+                    "tcp-baseline speaks the Kafka protocol only; drop --with-baseline / --target tcp-baseline for AMQP".into(),
+                ));
+            }
+            targets = vec![Target::Broker {
+                bootstrap: args.amqp.address(),
+            }];
+            Arc::new(AmqpDriver::new(args.amqp.target()))
+        }
+    };
     let mut reports = Vec::new();
     for target in &targets {
-        let report = run(driver.clone(), &workload, target, !args.no_progress).await?;
+        let mut report = run(driver.clone(), &workload, target, !args.no_progress).await?;
+        if let (Some(label), Target::Broker { .. }) = (&args.label, target) {
+            report.target = label.clone();
+        }
         if !args.json {
             println!("{}", report.render());
+            if workload.protocol == Protocol::Amqp {
+                println!("{}", workload.amqp.describe(&workload));
+            }
         }
         reports.push(report);
     }

@@ -69,6 +69,17 @@ impl FlushMode {
     }
 }
 
+/// Which protocol the run speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Kafka wire protocol.
+    #[default]
+    Kafka,
+    /// AMQP 0-9-1 (see [`crate::amqp`]).
+    Amqp,
+}
+
 /// One benchmark workload.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -106,6 +117,10 @@ pub struct Workload {
     /// How long consumers may take after the producers stop before missing messages count
     /// as lost.
     pub drain_timeout_s: f64,
+    /// The protocol spoken.
+    pub protocol: Protocol,
+    /// AMQP settings (used with `protocol = "amqp"`).
+    pub amqp: crate::amqp::AmqpOptions,
 }
 
 impl Default for Workload {
@@ -127,6 +142,8 @@ impl Default for Workload {
             max_in_flight: 5,
             flush_mode: None,
             drain_timeout_s: 30.0,
+            protocol: Protocol::Kafka,
+            amqp: crate::amqp::AmqpOptions::default(),
         }
     }
 }
@@ -183,6 +200,9 @@ impl Workload {
         }
         if self.max_in_flight == 0 || self.max_in_flight > 1_000 {
             return bad("max in-flight must be 1..=1000".to_owned());
+        }
+        if self.protocol == Protocol::Amqp {
+            crate::amqp::validate(self)?;
         }
         Ok(())
     }

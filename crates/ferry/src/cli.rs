@@ -34,7 +34,7 @@ pub enum Command {
     #[command(subcommand)]
     Group(GroupCommand),
     /// Measure a broker (or the built-in tcp-baseline) with a workload.
-    Bench(ferry_bench::BenchArgs),
+    Bench(Box<ferry_bench::BenchArgs>),
 }
 
 /// Flags of `ferry serve`; each overrides the config file and the environment.

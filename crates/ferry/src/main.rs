@@ -80,7 +80,7 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Produce(args) => commands::produce::run(args).await.map_err(Failure::Cli),
         Command::Consume(args) => commands::consume::run(args).await.map_err(Failure::Cli),
         Command::Group(command) => commands::group::run(command).await.map_err(Failure::Cli),
-        Command::Bench(args) => commands::bench::run(args).await.map_err(Failure::Cli),
+        Command::Bench(args) => commands::bench::run(*args).await.map_err(Failure::Cli),
     }
 }
 

@@ -369,9 +369,12 @@ impl Broker {
         let auth = crate::auth::Auth::open(&store, &config.auth)?;
         let alarm_limits = config.limits.resolve();
         let (alarms, _) = watch::channel(alarm_limits.evaluate(Usage::sample(&config.data_dir)));
+        let definitions = crate::routing::VHosts::load(&store)?;
+        let queue_store = store.clone();
         let (stop, _) = watch::channel(false);
         let topic_count = topics.len();
-        let broker = Arc::new(Broker {
+        // Queues hold a weak reference to the broker (stream queues are its topics).
+        let broker = Arc::new_cyclic(|weak| Broker {
             store,
             groups,
             metadata,
@@ -387,12 +390,14 @@ impl Broker {
             appends: AtomicU64::new(0),
             snapshot_lock: tokio::sync::Mutex::new(Some(0)),
             shutdown_done: tokio::sync::Mutex::new(false),
-            vhosts: crate::routing::VHosts { _private: () },
+            vhosts: crate::routing::VHosts::new(definitions, queue_store, weak.clone()),
             auth,
             alarm_limits,
             alarms,
             config,
         });
+        // Durable queues reopen now that the broker exists.
+        broker.vhosts.recover()?;
         broker.add_configured_vhosts()?;
         broker.spawn_background();
         info!(data_dir = %broker.config.data_dir.display(), topics = topic_count, "broker core open");
@@ -435,6 +440,8 @@ impl Broker {
         }
 
         let mut first_error = None;
+        // Queues end their consumers and persist their cursors while the store still runs.
+        self.vhosts.shutdown();
         if let Err(e) = self.snapshot_producers(true).await {
             warn!(error = %e, "final producer-state snapshot failed; the next start scans the logs");
             first_error.get_or_insert(e);
@@ -1039,6 +1046,17 @@ impl Broker {
     }
 
     /// A live partition with its topic.
+    /// The storage engine (queues keep their logs on it).
+    #[cfg(test)]
+    pub(crate) fn queue_store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Partition 0 of topic `name`: the log of the stream queue stored as that topic.
+    pub(crate) fn stream_partition(&self, name: &str) -> Option<Arc<Partition>> {
+        self.find_partition(name, 0).map(|(_, partition)| partition)
+    }
+
     fn find_partition(&self, topic: &str, partition: u32) -> Option<(Arc<Topic>, Arc<Partition>)> {
         let topic = self.topics.read().get(topic).cloned()?;
         let partition = topic.partitions.get(partition as usize).cloned()?;

@@ -17,6 +17,7 @@ use base64::Engine as _;
 use ferry_core::alarm::Usage;
 use ferry_core::auth::{validate_vhost_name, AuthedUser, PermissionSpec, UserSpec};
 use ferry_core::mq::MqError;
+use ferry_core::routing::VHost;
 use ferry_core::{Broker, CoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -161,6 +162,9 @@ pub(crate) async fn overview(_admin: Admin, State(state): State<AppState>) -> Js
     let alarms = *broker.alarms().borrow();
     let topics = broker.topics();
     let partitions: u64 = topics.iter().map(|t| u64::from(t.partitions)).sum();
+    let vhosts = listed_vhosts(broker, None).unwrap_or_default();
+    let queues: usize = vhosts.iter().map(|v| v.queues().len()).sum();
+    let exchanges: usize = vhosts.iter().map(|v| v.exchanges().len()).sum();
     Json(json!({
         "product_name": "Ferry",
         "product_version": env!("CARGO_PKG_VERSION"),
@@ -169,6 +173,9 @@ pub(crate) async fn overview(_admin: Admin, State(state): State<AppState>) -> Js
             "topics": topics.len(),
             "partitions": partitions,
             "users": broker.auth().users().len(),
+            "vhosts": vhosts.len(),
+            "queues": queues,
+            "exchanges": exchanges,
         },
         "memory": {
             "resident_bytes": usage.resident_bytes,
@@ -471,6 +478,157 @@ pub(crate) async fn delete_permission(
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- queues, exchanges, bindings ----
+
+/// A queue as listed.
+#[derive(Debug, Serialize)]
+pub(crate) struct QueueJson {
+    name: String,
+    vhost: String,
+    durable: bool,
+    exclusive: bool,
+    auto_delete: bool,
+    messages: u64,
+    consumers: u32,
+}
+
+/// An exchange as listed (`type` as RabbitMQ names it).
+#[derive(Debug, Serialize)]
+pub(crate) struct ExchangeJson {
+    name: String,
+    vhost: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    durable: bool,
+    auto_delete: bool,
+    internal: bool,
+}
+
+/// A binding as listed.
+#[derive(Debug, Serialize)]
+pub(crate) struct BindingJson {
+    source: String,
+    vhost: String,
+    destination: String,
+    destination_type: &'static str,
+    routing_key: String,
+}
+
+/// The vhosts a listing covers: all, or the one named (404 if missing).
+fn listed_vhosts(broker: &Broker, only: Option<&str>) -> ApiResult<Vec<Arc<VHost>>> {
+    match only {
+        Some(name) => Ok(vec![broker
+            .vhosts()
+            .get(name)
+            .map_err(|_| no_vhost(name))?]),
+        None => {
+            let mut names = broker.vhosts().names();
+            names.sort();
+            // A vhost deleted meanwhile is left out.
+            Ok(names
+                .iter()
+                .filter_map(|name| broker.vhosts().get(name).ok())
+                .collect())
+        }
+    }
+}
+
+fn queues_of(broker: &Broker, only: Option<&str>) -> ApiResult<Json<Vec<QueueJson>>> {
+    let mut all = Vec::new();
+    for vhost in listed_vhosts(broker, only)? {
+        all.extend(vhost.queues().into_iter().map(|q| QueueJson {
+            name: q.name,
+            vhost: vhost.name().to_owned(),
+            durable: q.durable,
+            exclusive: q.exclusive,
+            auto_delete: q.auto_delete,
+            messages: q.messages,
+            consumers: q.consumers,
+        }));
+    }
+    Ok(Json(all))
+}
+
+fn exchanges_of(broker: &Broker, only: Option<&str>) -> ApiResult<Json<Vec<ExchangeJson>>> {
+    let mut all = Vec::new();
+    for vhost in listed_vhosts(broker, only)? {
+        all.extend(vhost.exchanges().into_iter().map(|x| ExchangeJson {
+            name: x.name,
+            vhost: vhost.name().to_owned(),
+            kind: x.kind.as_str(),
+            durable: x.durable,
+            auto_delete: x.auto_delete,
+            internal: x.internal,
+        }));
+    }
+    Ok(Json(all))
+}
+
+fn bindings_of(broker: &Broker, only: Option<&str>) -> ApiResult<Json<Vec<BindingJson>>> {
+    let mut all = Vec::new();
+    for vhost in listed_vhosts(broker, only)? {
+        all.extend(vhost.bindings().into_iter().map(|b| BindingJson {
+            source: b.source,
+            vhost: vhost.name().to_owned(),
+            destination: b.destination,
+            destination_type: b.destination_kind.as_str(),
+            routing_key: b.routing_key,
+        }));
+    }
+    Ok(Json(all))
+}
+
+/// `GET /api/queues`: every vhost's queues with message and consumer counts.
+pub(crate) async fn list_queues(
+    _admin: Admin,
+    State(state): State<AppState>,
+) -> ApiResult<Json<Vec<QueueJson>>> {
+    queues_of(&state.broker, None)
+}
+
+/// `GET /api/queues/{vhost}`.
+pub(crate) async fn list_vhost_queues(
+    _admin: Admin,
+    State(state): State<AppState>,
+    Path(vhost): Path<String>,
+) -> ApiResult<Json<Vec<QueueJson>>> {
+    queues_of(&state.broker, Some(&vhost))
+}
+
+/// `GET /api/exchanges`.
+pub(crate) async fn list_exchanges(
+    _admin: Admin,
+    State(state): State<AppState>,
+) -> ApiResult<Json<Vec<ExchangeJson>>> {
+    exchanges_of(&state.broker, None)
+}
+
+/// `GET /api/exchanges/{vhost}`.
+pub(crate) async fn list_vhost_exchanges(
+    _admin: Admin,
+    State(state): State<AppState>,
+    Path(vhost): Path<String>,
+) -> ApiResult<Json<Vec<ExchangeJson>>> {
+    exchanges_of(&state.broker, Some(&vhost))
+}
+
+/// `GET /api/bindings` (the default exchange's implicit bindings included).
+pub(crate) async fn list_bindings(
+    _admin: Admin,
+    State(state): State<AppState>,
+) -> ApiResult<Json<Vec<BindingJson>>> {
+    bindings_of(&state.broker, None)
+}
+
+/// `GET /api/bindings/{vhost}`.
+pub(crate) async fn list_vhost_bindings(
+    _admin: Admin,
+    State(state): State<AppState>,
+    Path(vhost): Path<String>,
+) -> ApiResult<Json<Vec<BindingJson>>> {
+    bindings_of(&state.broker, Some(&vhost))
 }
 
 // ---- topics ----

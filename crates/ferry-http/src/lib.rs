@@ -3,7 +3,8 @@
 //!
 //! The admin API follows RabbitMQ's management API paths where they overlap
 //! (`/api/overview`, `/api/users/{name}`, `/api/vhosts/{name}`,
-//! `/api/permissions/{vhost}/{user}`), answers in JSON, and needs HTTP basic
+//! `/api/permissions/{vhost}/{user}`, `/api/queues[/{vhost}]`, `/api/exchanges[/{vhost}]`,
+//! `/api/bindings[/{vhost}]`; Ferry's own `/api/topics`), answers in JSON, and needs HTTP basic
 //! authentication as a user tagged `administrator` (the default `guest` is one, from
 //! loopback only). `/metrics` needs no authentication, like RabbitMQ's Prometheus
 //! endpoint. [`client::AdminClient`] is the matching client; the `ferry user|vhost|
@@ -78,6 +79,12 @@ pub fn router(broker: Arc<Broker>) -> Router {
                 .put(api::put_permission)
                 .delete(api::delete_permission),
         )
+        .route("/api/queues", get(api::list_queues))
+        .route("/api/queues/{vhost}", get(api::list_vhost_queues))
+        .route("/api/exchanges", get(api::list_exchanges))
+        .route("/api/exchanges/{vhost}", get(api::list_vhost_exchanges))
+        .route("/api/bindings", get(api::list_bindings))
+        .route("/api/bindings/{vhost}", get(api::list_vhost_bindings))
         .route("/api/topics", get(api::list_topics))
         .route("/metrics", get(metrics::metrics))
         .fallback(api::not_found)

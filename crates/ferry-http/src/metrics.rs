@@ -1,5 +1,6 @@
 //! `GET /metrics`: Prometheus text exposition (format 0.0.4) of what the core knows:
-//! topics, partitions and their offsets and sizes, users, memory, disk and alarms.
+//! topics, partitions and their offsets and sizes, vhosts, queue depths and consumers,
+//! users, memory, disk and alarms.
 
 use std::fmt::Write as _;
 
@@ -75,6 +76,24 @@ pub(crate) fn render(broker: &Broker) -> String {
     for family in [start, end, size] {
         out.family(family);
     }
+
+    let mut names = broker.vhosts().names();
+    names.sort();
+    out.gauge("ferry_vhosts", "Virtual hosts.", names.len() as f64);
+    let mut messages = Family::new(
+        "ferry_queue_messages",
+        "Messages ready for delivery in a queue.",
+    );
+    let mut consumers = Family::new("ferry_queue_consumers", "Consumers of a queue.");
+    for vhost in names.iter().filter_map(|n| broker.vhosts().get(n).ok()) {
+        for queue in vhost.queues() {
+            let labels = [("vhost", vhost.name().to_owned()), ("queue", queue.name)];
+            messages.sample(&labels, queue.messages as f64);
+            consumers.sample(&labels, f64::from(queue.consumers));
+        }
+    }
+    out.family(messages);
+    out.family(consumers);
 
     let usage = Usage::sample(&broker.config().data_dir);
     let limits = broker.alarm_limits();

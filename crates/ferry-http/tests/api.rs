@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::Method;
+use ferry_core::mq::ConnectionId;
+use ferry_core::routing::QueueDeclare;
 use ferry_core::{Broker, BrokerConfig};
 use ferry_http::client::{path_segment, AdminClient, ClientError};
 use serde_json::{json, Value};
@@ -215,7 +217,6 @@ async fn overview_topics_and_metrics() {
 }
 
 #[tokio::test]
-#[ignore = "VHosts lands with the routing branch"]
 async fn vhosts_and_permissions() {
     let server = Server::start().await;
     let guest = server.client("guest", "guest");
@@ -244,6 +245,64 @@ async fn vhosts_and_permissions() {
         .await
         .expect("root vhost");
     assert_eq!(root, json!({"name": "/"}));
+
+    // Listings of what the routing model holds.
+    let staging = server.broker.vhosts().get("staging").expect("vhost");
+    staging
+        .declare_queue(
+            QueueDeclare {
+                name: "jobs".into(),
+                passive: false,
+                durable: true,
+                exclusive: false,
+                auto_delete: false,
+                arguments: Default::default(),
+            },
+            ConnectionId::next(),
+        )
+        .expect("declare");
+    let queues: Value = guest.get("/api/queues/staging").await.expect("queues");
+    assert_eq!(
+        queues,
+        json!([{"name": "jobs", "vhost": "staging", "durable": true, "exclusive": false,
+                "auto_delete": false, "messages": 0, "consumers": 0}])
+    );
+    let all: Vec<Value> = guest.get("/api/queues").await.expect("all queues");
+    assert_eq!(all.len(), 1);
+    let exchanges: Vec<Value> = guest
+        .get("/api/exchanges/staging")
+        .await
+        .expect("exchanges");
+    assert!(
+        exchanges
+            .iter()
+            .any(|x| x["name"] == "amq.topic" && x["type"] == "topic"),
+        "{exchanges:?}"
+    );
+    let bindings: Value = guest.get("/api/bindings/staging").await.expect("bindings");
+    assert_eq!(
+        bindings[0],
+        json!({"source": "", "vhost": "staging", "destination": "jobs",
+               "destination_type": "queue", "routing_key": "jobs"})
+    );
+    let none = guest
+        .get::<Value>("/api/queues/nope")
+        .await
+        .expect_err("no vhost");
+    assert_eq!(status(none), 404);
+    let overview: Value = guest.get("/api/overview").await.expect("overview");
+    assert_eq!(overview["object_totals"]["vhosts"], 2);
+    assert_eq!(overview["object_totals"]["queues"], 1);
+    let metrics = guest
+        .request(Method::GET, "/metrics", None)
+        .await
+        .expect("metrics");
+    let text = String::from_utf8(metrics.body.to_vec()).expect("utf-8");
+    assert!(
+        text.contains("ferry_queue_messages{vhost=\"staging\",queue=\"jobs\"} 0\n"),
+        "{text}"
+    );
+    assert!(text.contains("ferry_vhosts 2\n"), "{text}");
 
     let path = "/api/permissions/staging/app";
     let body = json!({"configure": "^app-", "write": ".*", "read": ""});

@@ -46,6 +46,12 @@ pub enum Command {
     /// Set, clear and list users' permissions on vhosts (through the HTTP admin API).
     #[command(subcommand)]
     Permissions(PermissionsCommand),
+    /// List queues (through the HTTP admin API).
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// List exchanges (through the HTTP admin API).
+    #[command(subcommand)]
+    Exchange(ExchangeCommand),
 }
 
 /// Flags of `ferry serve`; each overrides the config file and the environment.
@@ -256,6 +262,32 @@ pub enum PermissionsCommand {
         admin: AdminArgs,
     },
     /// List permissions.
+    List {
+        /// Only this vhost's
+        #[arg(long, value_name = "VHOST")]
+        vhost: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// `ferry queue …`
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// List queues with their ready messages and consumers.
+    List {
+        /// Only this vhost's
+        #[arg(long, value_name = "VHOST")]
+        vhost: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// `ferry exchange …`
+#[derive(Debug, Subcommand)]
+pub enum ExchangeCommand {
+    /// List exchanges with their types.
     List {
         /// Only this vhost's
         #[arg(long, value_name = "VHOST")]

@@ -86,6 +86,10 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Permissions(command) => commands::admin::permissions(command)
             .await
             .map_err(Failure::Cli),
+        Command::Queue(command) => commands::admin::queue(command).await.map_err(Failure::Cli),
+        Command::Exchange(command) => commands::admin::exchange(command)
+            .await
+            .map_err(Failure::Cli),
     }
 }
 

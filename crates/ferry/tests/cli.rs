@@ -681,7 +681,6 @@ fn users_from_the_cli() {
 }
 
 #[test]
-#[ignore = "VHosts lands with the routing branch"]
 fn vhosts_and_permissions_from_the_cli() {
     let dir = tempfile::tempdir().expect("tempdir");
     let broker = Broker::start(dir.path());
@@ -730,6 +729,21 @@ fn vhosts_and_permissions_from_the_cli() {
         ".*",
     ]);
     assert!(no_vhost
+        .expect_one_line_error("unknown vhost")
+        .contains("no vhost 'nope'"));
+    let queues = broker.admin(&["queue", "list"]);
+    assert_eq!(
+        table_rows(queues.expect_ok("queue list"), "VHOST"),
+        Vec::<Vec<&str>>::new()
+    );
+    let exchanges = broker.admin(&["exchange", "list", "--vhost", "staging"]);
+    let rows = table_rows(exchanges.expect_ok("exchange list"), "VHOST");
+    assert!(
+        rows.contains(&vec!["staging", "amq.fanout", "fanout", "durable"]),
+        "{rows:?}"
+    );
+    let missing = broker.admin(&["queue", "list", "--vhost", "nope"]);
+    assert!(missing
         .expect_one_line_error("unknown vhost")
         .contains("no vhost 'nope'"));
     broker

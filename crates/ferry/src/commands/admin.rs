@@ -1,5 +1,6 @@
-//! `ferry user|vhost|permissions`: users, vhosts and permissions of a running broker,
-//! through its HTTP admin API (`--http`, as an administrator user).
+//! `ferry user|vhost|permissions|queue|exchange`: users, vhosts, permissions, queues and
+//! exchanges of a running broker, through its HTTP admin API (`--http`, as an
+//! administrator user).
 
 use std::time::Duration;
 
@@ -8,7 +9,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{CliResult, Output};
-use crate::cli::{AdminArgs, PermissionsCommand, UserCommand, VhostCommand};
+use crate::cli::{
+    AdminArgs, ExchangeCommand, PermissionsCommand, QueueCommand, UserCommand, VhostCommand,
+};
 
 /// A user as the admin API lists it.
 #[derive(Debug, Deserialize)]
@@ -31,6 +34,30 @@ struct PermissionJson {
     configure: String,
     write: String,
     read: String,
+}
+
+/// A queue as the admin API lists it.
+#[derive(Debug, Deserialize)]
+struct QueueJson {
+    name: String,
+    vhost: String,
+    durable: bool,
+    exclusive: bool,
+    auto_delete: bool,
+    messages: u64,
+    consumers: u32,
+}
+
+/// An exchange as the admin API lists it.
+#[derive(Debug, Deserialize)]
+struct ExchangeJson {
+    name: String,
+    vhost: String,
+    #[serde(rename = "type")]
+    kind: String,
+    durable: bool,
+    auto_delete: bool,
+    internal: bool,
 }
 
 /// An admin API session of one command.
@@ -203,6 +230,81 @@ pub async fn permissions(command: PermissionsCommand) -> CliResult {
         }
     }
     out.flush()
+}
+
+/// Runs one `ferry queue` subcommand.
+pub async fn queue(command: QueueCommand) -> CliResult {
+    let mut out = Output::stdout();
+    let QueueCommand::List { vhost, admin } = command;
+    let path = listing_path("queues", vhost.as_deref());
+    let queues: Vec<QueueJson> = Admin::new(&admin).get(&path).await?;
+    let rows: Vec<Vec<String>> = queues
+        .into_iter()
+        .map(|q| {
+            let flags = [
+                (q.durable, "durable"),
+                (q.exclusive, "exclusive"),
+                (q.auto_delete, "auto-delete"),
+            ];
+            vec![
+                q.vhost,
+                q.name,
+                q.messages.to_string(),
+                q.consumers.to_string(),
+                flag_list(&flags),
+            ]
+        })
+        .collect();
+    out.table(&["VHOST", "QUEUE", "MESSAGES", "CONSUMERS", "FLAGS"], &rows)?;
+    out.flush()
+}
+
+/// Runs one `ferry exchange` subcommand.
+pub async fn exchange(command: ExchangeCommand) -> CliResult {
+    let mut out = Output::stdout();
+    let ExchangeCommand::List { vhost, admin } = command;
+    let path = listing_path("exchanges", vhost.as_deref());
+    let exchanges: Vec<ExchangeJson> = Admin::new(&admin).get(&path).await?;
+    let rows: Vec<Vec<String>> = exchanges
+        .into_iter()
+        .map(|x| {
+            let flags = [
+                (x.durable, "durable"),
+                (x.auto_delete, "auto-delete"),
+                (x.internal, "internal"),
+            ];
+            // The default exchange has no name; RabbitMQ's tools show it so.
+            let name = if x.name.is_empty() {
+                "(AMQP default)".to_owned()
+            } else {
+                x.name
+            };
+            vec![x.vhost, name, x.kind, flag_list(&flags)]
+        })
+        .collect();
+    out.table(&["VHOST", "EXCHANGE", "TYPE", "FLAGS"], &rows)?;
+    out.flush()
+}
+
+/// `/api/{what}` or `/api/{what}/{vhost}`.
+fn listing_path(what: &str, vhost: Option<&str>) -> String {
+    match vhost {
+        Some(vhost) => format!("/api/{what}/{}", path_segment(vhost)),
+        None => format!("/api/{what}"),
+    }
+}
+
+/// The names of the flags that are set, comma-separated (`-` for none).
+fn flag_list(flags: &[(bool, &str)]) -> String {
+    let set: Vec<&str> = flags
+        .iter()
+        .filter_map(|(on, name)| on.then_some(*name))
+        .collect();
+    if set.is_empty() {
+        "-".to_owned()
+    } else {
+        set.join(",")
+    }
 }
 
 fn permission_path(vhost: &str, user: &str) -> String {

@@ -757,3 +757,75 @@ fn vhosts_and_permissions_from_the_cli() {
         "/\n"
     );
 }
+
+#[test]
+fn definitions_from_the_config_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[amqp.users]]
+name = "ops"
+password = "pw"
+tags = ["administrator"]
+
+[[amqp.vhosts]]
+name = "staging"
+
+[[amqp.permissions]]
+user = "ops"
+vhost = "staging"
+configure = "^ops-"
+write = ".*"
+read = ".*"
+"#,
+    )
+    .expect("write config");
+    let config = config.to_str().expect("utf-8");
+    let broker = Broker::start_with(dir.path(), &["--config", config]);
+    let as_ops = ["--admin-user", "ops", "--admin-password", "pw"];
+    let users = broker.admin(&[&["user", "list"][..], &as_ops].concat());
+    assert_eq!(
+        table_rows(users.expect_ok("user list"), "USER"),
+        vec![vec!["guest", "administrator"], vec!["ops", "administrator"]]
+    );
+    let permissions = broker.admin(&["permissions", "list", "--vhost", "staging"]);
+    assert_eq!(
+        table_rows(permissions.expect_ok("permissions list"), "USER"),
+        vec![vec!["ops", "staging", "^ops-", ".*", ".*"]]
+    );
+    drop(broker);
+
+    // A permission of a user nobody created stops the start with one line.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[amqp.permissions]]\nuser = \"ghost\"\nvhost = \"/\"\nconfigure = \".*\"\nwrite = \".*\"\nread = \".*\"\n",
+    )
+    .expect("write config");
+    let data = dir.path().join("data2");
+    let refused = ferry(
+        &[
+            "serve",
+            "--config",
+            bad.to_str().expect("utf-8"),
+            "--data-dir",
+            data.to_str().expect("utf-8"),
+            "--kafka-listen",
+            "127.0.0.1:0",
+            "--no-http",
+        ],
+        "",
+    );
+    assert_eq!(
+        refused.status.and_then(|s| s.code()),
+        Some(1),
+        "{refused:?}"
+    );
+    let last = refused.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains("no user 'ghost'"),
+        "{refused:?}"
+    );
+}

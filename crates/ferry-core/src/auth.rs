@@ -442,6 +442,30 @@ impl Auth {
         Ok(())
     }
 
+    /// Replaces an existing user's tags, keeping its password; NOT_FOUND if there is no
+    /// such user.
+    pub fn set_tags(&self, name: &str, tags: Vec<String>) -> MqResult<()> {
+        let tags = normalize_tags(tags)?;
+        let _admin = self.admin.lock();
+        let record = {
+            let state = self.state.read();
+            let stored = state.users.get(name).ok_or_else(|| no_user(name))?;
+            UserRecord {
+                tags,
+                ..stored.clone()
+            }
+        };
+        self.write(vec![(
+            to_json(&AuthKey::User {
+                name: name.to_owned(),
+            }),
+            Some(to_json(&record)),
+        )])?;
+        self.state.write().users.insert(name.to_owned(), record);
+        info!(user = name, "user tags set");
+        Ok(())
+    }
+
     /// Deletes a user and its permissions; NOT_FOUND if there is no such user.
     pub fn delete_user(&self, name: &str) -> MqResult<()> {
         let _admin = self.admin.lock();
@@ -911,6 +935,14 @@ mod tests {
             "access to exchange 'amq.topic' in vhost 'v' refused for user 'u'"
         );
         assert!(auth.check(&u, "/", Access::Read, q, "orders").is_err());
+        auth.set_tags("u", vec!["administrator".into()])
+            .expect("tags");
+        let again = auth.authenticate("u", "pw", REMOTE).expect("password kept");
+        assert!(again.is_administrator());
+        assert!(matches!(
+            auth.set_tags("ghost", Vec::new()),
+            Err(MqError::NotFound(_))
+        ));
         assert!(matches!(
             auth.set_permission(perm("u", "v", "(", ".*", ".*")),
             Err(MqError::PreconditionFailed(_))

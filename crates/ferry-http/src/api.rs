@@ -266,7 +266,8 @@ pub(crate) async fn get_user(
         .ok_or_else(|| ApiError::NotFound(format!("no user '{name}'")))
 }
 
-/// `PUT /api/users/{name}` with `{"password": …, "tags": …}`: creates or replaces.
+/// `PUT /api/users/{name}` with `{"password": …, "tags": …}`: creates or replaces (an
+/// existing user's tags alone change without a password).
 pub(crate) async fn put_user(
     _admin: Admin,
     State(state): State<AppState>,
@@ -275,16 +276,26 @@ pub(crate) async fn put_user(
 ) -> ApiResult<StatusCode> {
     let Json(body) =
         body.ok_or_else(|| ApiError::BadRequest("a JSON body with a password is needed".into()))?;
-    let password = body
-        .password
-        .ok_or_else(|| ApiError::BadRequest("password must be set".into()))?;
-    let spec = UserSpec {
-        name,
-        password,
-        tags: body.tags.map(Tags::into_vec).unwrap_or_default(),
-    };
-    let created = state.broker.auth().user(&spec.name).is_none();
-    blocking(&state.broker, move |broker| broker.auth().put_user(spec)).await?;
+    let tags = body.tags.map(Tags::into_vec).unwrap_or_default();
+    let created = state.broker.auth().user(&name).is_none();
+    match body.password {
+        Some(password) => {
+            let spec = UserSpec {
+                name,
+                password,
+                tags,
+            };
+            blocking(&state.broker, move |broker| broker.auth().put_user(spec)).await?;
+        }
+        // As RabbitMQ: an existing user's tags change without its password.
+        None if !created => {
+            blocking(&state.broker, move |broker| {
+                broker.auth().set_tags(&name, tags)
+            })
+            .await?;
+        }
+        None => return Err(ApiError::BadRequest("password must be set".into())),
+    }
     Ok(created_or_changed(created))
 }
 

@@ -106,6 +106,15 @@ async fn users_are_managed_by_administrators_only() {
     );
     let app: Value = guest.get("/api/users/app").await.expect("get");
     assert_eq!(app, json!({"name": "app", "tags": ["management"]}));
+    assert_eq!(
+        guest
+            .put("/api/users/app", &json!({"tags": "management,monitoring"}))
+            .await
+            .expect("tags only"),
+        204
+    );
+    let app: Value = guest.get("/api/users/app").await.expect("get");
+    assert_eq!(app["tags"], json!(["management", "monitoring"]));
     assert!(app.get("password_hash").is_none());
 
     // Not an administrator, wrong password, no credentials: 401 with a challenge.

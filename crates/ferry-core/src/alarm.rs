@@ -255,6 +255,16 @@ mod tests {
             }
         );
         assert_eq!(broker.alarm_limits().memory_high_watermark_bytes, 1);
+        // Raised limits clear the alarm at once, and subscribers see the change.
+        let mut watcher = broker.alarms();
+        watcher.borrow_and_update();
+        let cleared = broker.set_alarm_limits(AlarmLimits {
+            memory_high_watermark_bytes: u64::MAX,
+            disk_free_limit_bytes: 0,
+        });
+        assert_eq!(cleared, Alarms::default());
+        assert!(watcher.has_changed().expect("sender alive"));
+        assert_eq!(*watcher.borrow_and_update(), Alarms::default());
         broker.shutdown().await.expect("shutdown");
 
         let mut config = crate::BrokerConfig::new(dir.path().join("other"));

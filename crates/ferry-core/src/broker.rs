@@ -222,8 +222,8 @@ pub struct Broker {
     vhosts: crate::routing::VHosts,
     /// Users and permissions.
     auth: crate::auth::Auth,
-    /// Alarm thresholds, defaults resolved at open.
-    alarm_limits: AlarmLimits,
+    /// Alarm thresholds, defaults resolved at open; changeable at run time.
+    alarm_limits: RwLock<AlarmLimits>,
     /// Current resource alarms (sampled by a background task).
     alarms: watch::Sender<Alarms>,
 }
@@ -392,7 +392,7 @@ impl Broker {
             shutdown_done: tokio::sync::Mutex::new(false),
             vhosts: crate::routing::VHosts::new(definitions, queue_store, weak.clone()),
             auth,
-            alarm_limits,
+            alarm_limits: RwLock::new(alarm_limits),
             alarms,
             config,
         });
@@ -486,7 +486,50 @@ impl Broker {
 
     /// The memory and disk alarm thresholds in force.
     pub fn alarm_limits(&self) -> AlarmLimits {
-        self.alarm_limits
+        *self.alarm_limits.read()
+    }
+
+    /// Changes the alarm thresholds until the next start (like RabbitMQ's
+    /// `rabbitmqctl set_vm_memory_high_watermark`) and re-evaluates the alarms at once.
+    pub fn set_alarm_limits(&self, limits: AlarmLimits) -> Alarms {
+        *self.alarm_limits.write() = limits;
+        info!(
+            memory_high_watermark_bytes = limits.memory_high_watermark_bytes,
+            disk_free_limit_bytes = limits.disk_free_limit_bytes,
+            "alarm limits changed"
+        );
+        self.refresh_alarms()
+    }
+
+    /// Samples memory and disk, publishes a change of the alarms (logging it), and returns
+    /// them.
+    fn refresh_alarms(&self) -> Alarms {
+        // Two small reads (/proc, statvfs): cheap enough for a runtime thread.
+        let usage = Usage::sample(&self.config.data_dir);
+        let limits = self.alarm_limits();
+        let now = limits.evaluate(usage);
+        self.alarms.send_if_modified(|current| {
+            if *current == now {
+                return false;
+            }
+            if now.memory != current.memory {
+                if now.memory {
+                    warn!(resident_bytes = ?usage.resident_bytes, limit_bytes = limits.memory_high_watermark_bytes, "memory resource limit alarm set: publishers are blocked");
+                } else {
+                    info!("memory resource limit alarm cleared");
+                }
+            }
+            if now.disk != current.disk {
+                if now.disk {
+                    warn!(free_bytes = ?usage.disk_free_bytes, limit_bytes = limits.disk_free_limit_bytes, "disk resource limit alarm set: publishers are blocked");
+                } else {
+                    info!("disk resource limit alarm cleared");
+                }
+            }
+            *current = now;
+            true
+        });
+        now
     }
 
     /// Bytes stored by a partition's log (all its segments).
@@ -1483,31 +1526,7 @@ async fn alarm_loop(broker: Weak<Broker>, mut stop: watch::Receiver<bool>, inter
         let Some(broker) = broker.upgrade() else {
             return;
         };
-        // Two small reads (/proc, statvfs): cheap enough for the runtime thread.
-        let usage = Usage::sample(&broker.config.data_dir);
-        let now = broker.alarm_limits.evaluate(usage);
-        let limits = broker.alarm_limits;
-        broker.alarms.send_if_modified(|current| {
-            if *current == now {
-                return false;
-            }
-            if now.memory != current.memory {
-                if now.memory {
-                    warn!(resident_bytes = ?usage.resident_bytes, limit_bytes = limits.memory_high_watermark_bytes, "memory resource limit alarm set: publishers are blocked");
-                } else {
-                    info!("memory resource limit alarm cleared");
-                }
-            }
-            if now.disk != current.disk {
-                if now.disk {
-                    warn!(free_bytes = ?usage.disk_free_bytes, limit_bytes = limits.disk_free_limit_bytes, "disk resource limit alarm set: publishers are blocked");
-                } else {
-                    info!("disk resource limit alarm cleared");
-                }
-            }
-            *current = now;
-            true
-        });
+        broker.refresh_alarms();
     }
 }
 

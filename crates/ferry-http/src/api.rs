@@ -194,6 +194,73 @@ pub(crate) async fn whoami(Admin(user): Admin) -> Json<UserJson> {
     Json(UserJson::from(user))
 }
 
+// ---- limits ----
+
+/// The alarm thresholds.
+#[derive(Debug, Serialize)]
+pub(crate) struct LimitsJson {
+    memory_high_watermark_bytes: u64,
+    disk_free_limit_bytes: u64,
+}
+
+/// Body of `PUT /api/limits`: a number sets a threshold, `null` restores the configured
+/// one, an absent key keeps it.
+#[derive(Debug, Deserialize)]
+pub(crate) struct PutLimits {
+    #[serde(default, deserialize_with = "present")]
+    memory_high_watermark_bytes: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "present")]
+    disk_free_limit_bytes: Option<Option<u64>>,
+}
+
+/// Tells a key given as `null` (`Some(None)`) from an absent one (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>, D::Error> {
+    Option::<u64>::deserialize(d).map(Some)
+}
+
+fn limits_json(broker: &Broker) -> LimitsJson {
+    let limits = broker.alarm_limits();
+    LimitsJson {
+        memory_high_watermark_bytes: limits.memory_high_watermark_bytes,
+        disk_free_limit_bytes: limits.disk_free_limit_bytes,
+    }
+}
+
+/// `GET /api/limits`: the memory and disk alarm thresholds in force.
+pub(crate) async fn get_limits(_admin: Admin, State(state): State<AppState>) -> Json<LimitsJson> {
+    Json(limits_json(&state.broker))
+}
+
+/// `PUT /api/limits`: changes alarm thresholds until the next start (as
+/// `rabbitmqctl set_vm_memory_high_watermark`); answers with the thresholds and alarms.
+pub(crate) async fn put_limits(
+    _admin: Admin,
+    State(state): State<AppState>,
+    Json(body): Json<PutLimits>,
+) -> ApiResult<Json<Value>> {
+    let broker = &state.broker;
+    if body.memory_high_watermark_bytes == Some(Some(0)) {
+        return Err(ApiError::BadRequest(
+            "memory_high_watermark_bytes must be positive".into(),
+        ));
+    }
+    let configured = broker.config().limits.resolve();
+    let mut limits = broker.alarm_limits();
+    if let Some(memory) = body.memory_high_watermark_bytes {
+        limits.memory_high_watermark_bytes =
+            memory.unwrap_or(configured.memory_high_watermark_bytes);
+    }
+    if let Some(disk) = body.disk_free_limit_bytes {
+        limits.disk_free_limit_bytes = disk.unwrap_or(configured.disk_free_limit_bytes);
+    }
+    let alarms = broker.set_alarm_limits(limits);
+    Ok(Json(json!({
+        "memory_high_watermark_bytes": limits.memory_high_watermark_bytes,
+        "disk_free_limit_bytes": limits.disk_free_limit_bytes,
+        "alarms": {"memory": alarms.memory, "disk": alarms.disk},
+    })))
+}
+
 // ---- users ----
 
 /// A user as listed (never with its password hash).

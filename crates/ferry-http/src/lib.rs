@@ -58,6 +58,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
     Router::new()
         .route("/api/overview", get(api::overview))
         .route("/api/whoami", get(api::whoami))
+        .route("/api/limits", get(api::get_limits).put(api::put_limits))
         .route("/api/users", get(api::list_users))
         .route(
             "/api/users/{name}",

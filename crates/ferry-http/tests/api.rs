@@ -196,6 +196,37 @@ async fn overview_topics_and_metrics() {
         .as_u64()
         .is_some_and(|b| b > 0));
 
+    // Alarm thresholds change at run time; the alarm follows at once.
+    let configured: Value = guest.get("/api/limits").await.expect("limits");
+    let raised = guest
+        .request(
+            Method::PUT,
+            "/api/limits",
+            Some(r#"{"memory_high_watermark_bytes": 1}"#.into()),
+        )
+        .await
+        .expect("set limits");
+    assert_eq!(raised.status, 200);
+    let raised: Value = serde_json::from_slice(&raised.body).expect("json");
+    assert_eq!(raised["alarms"], json!({"memory": true, "disk": false}));
+    assert_eq!(
+        *server.broker.alarms().borrow(),
+        ferry_core::alarm::Alarms {
+            memory: true,
+            disk: false
+        }
+    );
+    assert_eq!(
+        guest
+            .put("/api/limits", &json!({"memory_high_watermark_bytes": null}))
+            .await
+            .expect("restore"),
+        200
+    );
+    let restored: Value = guest.get("/api/limits").await.expect("limits");
+    assert_eq!(restored, configured);
+    assert!(!server.broker.alarms().borrow().memory);
+
     let topics: Value = guest.get("/api/topics").await.expect("topics");
     assert_eq!(topics[0]["name"], "orders");
     assert_eq!(topics[0]["configs"], json!({"retention.ms": "60000"}));

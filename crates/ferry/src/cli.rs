@@ -52,6 +52,9 @@ pub enum Command {
     /// List exchanges (through the HTTP admin API).
     #[command(subcommand)]
     Exchange(ExchangeCommand),
+    /// Show or change the memory and disk alarm thresholds (through the HTTP admin API).
+    #[command(subcommand)]
+    Limits(LimitsCommand),
 }
 
 /// Flags of `ferry serve`; each overrides the config file and the environment.
@@ -292,6 +295,28 @@ pub enum ExchangeCommand {
         /// Only this vhost's
         #[arg(long, value_name = "VHOST")]
         vhost: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// `ferry limits …`
+#[derive(Debug, Subcommand)]
+pub enum LimitsCommand {
+    /// Show the alarm thresholds in force.
+    Show {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Change alarm thresholds until the broker restarts (`default`: back to the configured value).
+    #[command(group(ArgGroup::new("limit").required(true).multiple(true).args(["memory_high_watermark_bytes", "disk_free_limit_bytes"])))]
+    Set {
+        /// Memory alarm above this many resident bytes, or `default`
+        #[arg(long, value_name = "BYTES|default")]
+        memory_high_watermark_bytes: Option<String>,
+        /// Disk alarm below this many free bytes, or `default`
+        #[arg(long, value_name = "BYTES|default")]
+        disk_free_limit_bytes: Option<String>,
         #[command(flatten)]
         admin: AdminArgs,
     },

@@ -90,6 +90,7 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Exchange(command) => commands::admin::exchange(command)
             .await
             .map_err(Failure::Cli),
+        Command::Limits(command) => commands::admin::limits(command).await.map_err(Failure::Cli),
     }
 }
 

@@ -674,6 +674,30 @@ fn users_from_the_cli() {
         .expect_one_line_error("unknown user")
         .contains("no user 'nobody'"));
 
+    let as_alice = ["--admin-user", "alice", "--admin-password", "s3cret"];
+    let raised = broker.admin(
+        &[
+            &["limits", "set", "--memory-high-watermark-bytes", "1"][..],
+            &as_alice,
+        ]
+        .concat(),
+    );
+    let rows = table_rows(raised.expect_ok("limits set"), "RESOURCE");
+    assert_eq!(rows[0], vec!["memory", "1", "ALARM"], "{rows:?}");
+    let restored = broker.admin(
+        &[
+            &["limits", "set", "--memory-high-watermark-bytes", "default"][..],
+            &as_alice,
+        ]
+        .concat(),
+    );
+    let rows = table_rows(restored.expect_ok("limits restored"), "RESOURCE");
+    assert_eq!(rows[0][2], "ok", "{rows:?}");
+    let bad = broker.admin(&["limits", "set", "--disk-free-limit-bytes", "lots"]);
+    assert!(bad
+        .expect_one_line_error("bad limit")
+        .contains("not a byte count"));
+
     let nothing = ferry(&["user", "list", "--http", "127.0.0.1:1"], "");
     assert!(nothing
         .expect_one_line_error("no admin API")

@@ -8,9 +8,11 @@ use ferry_http::client::{path_segment, AdminClient, ClientError};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::CliError;
 use super::{CliResult, Output};
 use crate::cli::{
-    AdminArgs, ExchangeCommand, PermissionsCommand, QueueCommand, UserCommand, VhostCommand,
+    AdminArgs, ExchangeCommand, LimitsCommand, PermissionsCommand, QueueCommand, UserCommand,
+    VhostCommand,
 };
 
 /// A user as the admin API lists it.
@@ -284,6 +286,76 @@ pub async fn exchange(command: ExchangeCommand) -> CliResult {
         .collect();
     out.table(&["VHOST", "EXCHANGE", "TYPE", "FLAGS"], &rows)?;
     out.flush()
+}
+
+/// Alarm thresholds as the admin API shows them.
+#[derive(Debug, Deserialize)]
+struct LimitsJson {
+    memory_high_watermark_bytes: u64,
+    disk_free_limit_bytes: u64,
+}
+
+/// Runs one `ferry limits` subcommand.
+pub async fn limits(command: LimitsCommand) -> CliResult {
+    let mut out = Output::stdout();
+    let admin = match command {
+        LimitsCommand::Show { admin } => admin,
+        LimitsCommand::Set {
+            memory_high_watermark_bytes,
+            disk_free_limit_bytes,
+            admin,
+        } => {
+            let mut body = serde_json::Map::new();
+            for (key, value) in [
+                ("memory_high_watermark_bytes", memory_high_watermark_bytes),
+                ("disk_free_limit_bytes", disk_free_limit_bytes),
+            ] {
+                if let Some(value) = value {
+                    body.insert(key.to_owned(), limit_value(key, &value)?);
+                }
+            }
+            Admin::new(&admin)
+                .put("/api/limits", &serde_json::Value::Object(body))
+                .await?;
+            admin
+        }
+    };
+    let limits: LimitsJson = Admin::new(&admin).get("/api/limits").await?;
+    let overview: serde_json::Value = Admin::new(&admin).get("/api/overview").await?;
+    let alarm = |name: &str| overview["alarms"][name].as_bool().unwrap_or(false);
+    let on_off = |on: bool| if on { "ALARM" } else { "ok" }.to_owned();
+    out.table(
+        &["RESOURCE", "LIMIT_BYTES", "STATE"],
+        &[
+            vec![
+                "memory".to_owned(),
+                limits.memory_high_watermark_bytes.to_string(),
+                on_off(alarm("memory")),
+            ],
+            vec![
+                "disk".to_owned(),
+                limits.disk_free_limit_bytes.to_string(),
+                on_off(alarm("disk")),
+            ],
+        ],
+    )?;
+    out.flush()
+}
+
+/// A byte count, or `default` (JSON null: back to the configured value).
+fn limit_value(flag: &str, text: &str) -> CliResult<serde_json::Value> {
+    if text.eq_ignore_ascii_case("default") {
+        return Ok(serde_json::Value::Null);
+    }
+    text.trim()
+        .parse::<u64>()
+        .map(serde_json::Value::from)
+        .map_err(|_| {
+            CliError::Usage(format!(
+                "--{} {text:?} is not a byte count or `default`",
+                flag.replace('_', "-")
+            ))
+        })
 }
 
 /// `/api/{what}` or `/api/{what}/{vhost}`.

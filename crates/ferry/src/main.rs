@@ -81,6 +81,16 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Consume(args) => commands::consume::run(args).await.map_err(Failure::Cli),
         Command::Group(command) => commands::group::run(command).await.map_err(Failure::Cli),
         Command::Bench(args) => commands::bench::run(*args).await.map_err(Failure::Cli),
+        Command::User(command) => commands::admin::user(command).await.map_err(Failure::Cli),
+        Command::Vhost(command) => commands::admin::vhost(command).await.map_err(Failure::Cli),
+        Command::Permissions(command) => commands::admin::permissions(command)
+            .await
+            .map_err(Failure::Cli),
+        Command::Queue(command) => commands::admin::queue(command).await.map_err(Failure::Cli),
+        Command::Exchange(command) => commands::admin::exchange(command)
+            .await
+            .map_err(Failure::Cli),
+        Command::Limits(command) => commands::admin::limits(command).await.map_err(Failure::Cli),
     }
 }
 

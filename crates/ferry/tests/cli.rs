@@ -588,3 +588,268 @@ fn sigterm_flushes_and_data_survives_restart() {
         "one\ntwo\nthree\n"
     );
 }
+
+#[test]
+fn users_from_the_cli() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start(dir.path());
+
+    let listed = broker.admin(&["user", "list"]);
+    assert_eq!(
+        table_rows(listed.expect_ok("user list"), "USER"),
+        vec![vec!["guest", "administrator"]]
+    );
+    let added = broker.admin(&[
+        "user",
+        "add",
+        "alice",
+        "--password",
+        "s3cret",
+        "--tags",
+        "administrator,management",
+    ]);
+    assert_eq!(added.expect_ok("user add"), "Created user alice.\n");
+    // Repeated --tags work as well as a comma-separated list.
+    let updated = broker.admin(&[
+        "user",
+        "add",
+        "bob",
+        "--password",
+        "pw",
+        "--tags",
+        "a",
+        "--tags",
+        "b",
+    ]);
+    assert_eq!(updated.expect_ok("user add bob"), "Created user bob.\n");
+    let listed = broker.admin(&["user", "list"]);
+    assert_eq!(
+        table_rows(listed.expect_ok("user list"), "USER"),
+        vec![
+            vec!["alice", "administrator,management"],
+            vec!["bob", "a,b"],
+            vec!["guest", "administrator"],
+        ]
+    );
+
+    // alice administers; bob is no administrator; a wrong password is refused.
+    let as_alice = broker.admin(&[
+        "user",
+        "delete",
+        "guest",
+        "--admin-user",
+        "alice",
+        "--admin-password",
+        "s3cret",
+    ]);
+    assert_eq!(as_alice.expect_ok("delete guest"), "Deleted user guest.\n");
+    let as_bob = broker.admin(&[
+        "user",
+        "list",
+        "--admin-user",
+        "bob",
+        "--admin-password",
+        "pw",
+    ]);
+    let line = as_bob.expect_one_line_error("not an administrator");
+    assert!(
+        line.contains("refused user 'bob'") && line.contains("401"),
+        "{line}"
+    );
+    let as_guest = broker.admin(&["user", "list"]);
+    assert!(as_guest
+        .expect_one_line_error("guest is gone")
+        .contains("refused user 'guest'"));
+
+    let missing = broker.admin(&[
+        "user",
+        "delete",
+        "nobody",
+        "--admin-user",
+        "alice",
+        "--admin-password",
+        "s3cret",
+    ]);
+    assert!(missing
+        .expect_one_line_error("unknown user")
+        .contains("no user 'nobody'"));
+
+    let as_alice = ["--admin-user", "alice", "--admin-password", "s3cret"];
+    let raised = broker.admin(
+        &[
+            &["limits", "set", "--memory-high-watermark-bytes", "1"][..],
+            &as_alice,
+        ]
+        .concat(),
+    );
+    let rows = table_rows(raised.expect_ok("limits set"), "RESOURCE");
+    assert_eq!(rows[0], vec!["memory", "1", "ALARM"], "{rows:?}");
+    let restored = broker.admin(
+        &[
+            &["limits", "set", "--memory-high-watermark-bytes", "default"][..],
+            &as_alice,
+        ]
+        .concat(),
+    );
+    let rows = table_rows(restored.expect_ok("limits restored"), "RESOURCE");
+    assert_eq!(rows[0][2], "ok", "{rows:?}");
+    let bad = broker.admin(&["limits", "set", "--disk-free-limit-bytes", "lots"]);
+    assert!(bad
+        .expect_one_line_error("bad limit")
+        .contains("not a byte count"));
+
+    let nothing = ferry(&["user", "list", "--http", "127.0.0.1:1"], "");
+    assert!(nothing
+        .expect_one_line_error("no admin API")
+        .contains("cannot connect to the admin API at 127.0.0.1:1"));
+}
+
+#[test]
+fn vhosts_and_permissions_from_the_cli() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start(dir.path());
+    broker
+        .admin(&["user", "add", "app", "--password", "pw"])
+        .expect_ok("user add");
+    assert_eq!(
+        broker
+            .admin(&["vhost", "add", "staging"])
+            .expect_ok("vhost add"),
+        "Created vhost staging.\n"
+    );
+    assert_eq!(
+        sorted_lines(broker.admin(&["vhost", "list"]).expect_ok("vhost list")),
+        vec!["/", "staging"]
+    );
+    broker
+        .admin(&[
+            "permissions",
+            "set",
+            "--vhost",
+            "staging",
+            "app",
+            "^app-",
+            ".*",
+            "",
+        ])
+        .expect_ok("permissions set");
+    let listed = broker.admin(&["permissions", "list", "--vhost", "staging"]);
+    assert_eq!(
+        table_rows(listed.expect_ok("permissions list"), "USER"),
+        vec![vec!["app", "staging", "^app-", ".*", "\"\""]]
+    );
+    let bad = broker.admin(&["permissions", "set", "app", "(", ".*", ".*"]);
+    assert!(bad
+        .expect_one_line_error("bad pattern")
+        .contains("configure pattern"));
+    let no_vhost = broker.admin(&[
+        "permissions",
+        "set",
+        "--vhost",
+        "nope",
+        "app",
+        ".*",
+        ".*",
+        ".*",
+    ]);
+    assert!(no_vhost
+        .expect_one_line_error("unknown vhost")
+        .contains("no vhost 'nope'"));
+    let queues = broker.admin(&["queue", "list"]);
+    assert_eq!(
+        table_rows(queues.expect_ok("queue list"), "VHOST"),
+        Vec::<Vec<&str>>::new()
+    );
+    let exchanges = broker.admin(&["exchange", "list", "--vhost", "staging"]);
+    let rows = table_rows(exchanges.expect_ok("exchange list"), "VHOST");
+    assert!(
+        rows.contains(&vec!["staging", "amq.fanout", "fanout", "durable"]),
+        "{rows:?}"
+    );
+    let missing = broker.admin(&["queue", "list", "--vhost", "nope"]);
+    assert!(missing
+        .expect_one_line_error("unknown vhost")
+        .contains("no vhost 'nope'"));
+    broker
+        .admin(&["permissions", "clear", "--vhost", "staging", "app"])
+        .expect_ok("permissions clear");
+    broker
+        .admin(&["vhost", "delete", "staging"])
+        .expect_ok("vhost delete");
+    assert_eq!(
+        broker.admin(&["vhost", "list"]).expect_ok("vhost list"),
+        "/\n"
+    );
+}
+
+#[test]
+fn definitions_from_the_config_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[amqp.users]]
+name = "ops"
+password = "pw"
+tags = ["administrator"]
+
+[[amqp.vhosts]]
+name = "staging"
+
+[[amqp.permissions]]
+user = "ops"
+vhost = "staging"
+configure = "^ops-"
+write = ".*"
+read = ".*"
+"#,
+    )
+    .expect("write config");
+    let config = config.to_str().expect("utf-8");
+    let broker = Broker::start_with(dir.path(), &["--config", config]);
+    let as_ops = ["--admin-user", "ops", "--admin-password", "pw"];
+    let users = broker.admin(&[&["user", "list"][..], &as_ops].concat());
+    assert_eq!(
+        table_rows(users.expect_ok("user list"), "USER"),
+        vec![vec!["guest", "administrator"], vec!["ops", "administrator"]]
+    );
+    let permissions = broker.admin(&["permissions", "list", "--vhost", "staging"]);
+    assert_eq!(
+        table_rows(permissions.expect_ok("permissions list"), "USER"),
+        vec![vec!["ops", "staging", "^ops-", ".*", ".*"]]
+    );
+    drop(broker);
+
+    // A permission of a user nobody created stops the start with one line.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[amqp.permissions]]\nuser = \"ghost\"\nvhost = \"/\"\nconfigure = \".*\"\nwrite = \".*\"\nread = \".*\"\n",
+    )
+    .expect("write config");
+    let data = dir.path().join("data2");
+    let refused = ferry(
+        &[
+            "serve",
+            "--config",
+            bad.to_str().expect("utf-8"),
+            "--data-dir",
+            data.to_str().expect("utf-8"),
+            "--kafka-listen",
+            "127.0.0.1:0",
+            "--no-http",
+        ],
+        "",
+    );
+    assert_eq!(
+        refused.status.and_then(|s| s.code()),
+        Some(1),
+        "{refused:?}"
+    );
+    let last = refused.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains("no user 'ghost'"),
+        "{refused:?}"
+    );
+}

@@ -124,40 +124,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Some(size as usize + FRAME_OVERHEAD)
     }
 
-    /// Cuts one complete frame out of the buffer, if there is one.
     fn cut(&mut self, frame_max: u32) -> Result<Option<RawFrame>, FrameError> {
-        if self.buf.len() < FRAME_HEADER_BYTES {
-            return Ok(None);
-        }
-        let kind = self.buf[0];
-        if !matches!(
-            kind,
-            FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT
-        ) {
-            return Err(FrameError::BadType(kind));
-        }
-        let payload_len = u32::from_be_bytes([self.buf[3], self.buf[4], self.buf[5], self.buf[6]]);
-        let size = u64::from(payload_len) + FRAME_OVERHEAD as u64;
-        if frame_max != 0 && size > u64::from(frame_max) {
-            return Err(FrameError::TooLarge { size, frame_max });
-        }
-        let size = size as usize;
-        if self.buf.len() < size {
-            return Ok(None);
-        }
-        let end = self.buf[size - 1];
-        if end != FRAME_END {
-            return Err(FrameError::BadEnd(end));
-        }
-        let channel = u16::from_be_bytes([self.buf[1], self.buf[2]]);
-        let mut frame = self.buf.split_to(size);
-        frame.advance(FRAME_HEADER_BYTES);
-        frame.truncate(payload_len as usize);
-        Ok(Some(RawFrame {
-            kind,
-            channel,
-            payload: frame.freeze(),
-        }))
+        cut_frame(&mut self.buf, frame_max)
     }
 
     /// Reads more bytes, room for at least `want` in all (in chunks: the size is the
@@ -173,6 +141,43 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         Ok(())
     }
+}
+
+/// Cuts one complete frame off the front of `buf`, if it holds one; `frame_max` is the
+/// whole-frame limit (0: none). The decoder's entry point, also for fuzzing.
+pub fn cut_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<RawFrame>, FrameError> {
+    if buf.len() < FRAME_HEADER_BYTES {
+        return Ok(None);
+    }
+    let kind = buf[0];
+    if !matches!(
+        kind,
+        FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT
+    ) {
+        return Err(FrameError::BadType(kind));
+    }
+    let payload_len = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]);
+    let size = u64::from(payload_len) + FRAME_OVERHEAD as u64;
+    if frame_max != 0 && size > u64::from(frame_max) {
+        return Err(FrameError::TooLarge { size, frame_max });
+    }
+    let size = size as usize;
+    if buf.len() < size {
+        return Ok(None);
+    }
+    let end = buf[size - 1];
+    if end != FRAME_END {
+        return Err(FrameError::BadEnd(end));
+    }
+    let channel = u16::from_be_bytes([buf[1], buf[2]]);
+    let mut frame = buf.split_to(size);
+    frame.advance(FRAME_HEADER_BYTES);
+    frame.truncate(payload_len as usize);
+    Ok(Some(RawFrame {
+        kind,
+        channel,
+        payload: frame.freeze(),
+    }))
 }
 
 /// Why a frame's payload does not decode.

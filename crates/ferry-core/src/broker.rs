@@ -989,6 +989,17 @@ impl Broker {
     }
 
     /// A live partition with its topic.
+    /// The storage engine (queues keep their logs on it).
+    #[cfg(test)]
+    pub(crate) fn queue_store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Partition 0 of topic `name`: the log of the stream queue stored as that topic.
+    pub(crate) fn stream_partition(&self, name: &str) -> Option<Arc<Partition>> {
+        self.find_partition(name, 0).map(|(_, partition)| partition)
+    }
+
     fn find_partition(&self, topic: &str, partition: u32) -> Option<(Arc<Topic>, Arc<Partition>)> {
         let topic = self.topics.read().get(topic).cloned()?;
         let partition = topic.partitions.get(partition as usize).cloned()?;

@@ -19,85 +19,51 @@
 //! expiration, expiring at the head as RabbitMQ does), length limits with overflow
 //! behaviour, dead-lettering (handed to a [`DeadLetterSink`] with the reason), priorities,
 //! single active consumer, redelivery and auto-delete.
+//!
+//! Storage layout: the queue `q` of vhost `v` keeps its messages in the logs
+//! `__ferry_q.<key>-<level>` (`key` = [`storage_key`]`(v, q)`, a hash, since queue names
+//! may hold anything) and, if durable, its persisted cursor in `__ferry_qa.<key>-0`
+//! (see `acklog`). Durable queues' message logs are `flush=sync` (a persistent message is
+//! confirmed after the group-committed fsync); non-durable ones are async and start empty.
+//! Each classic queue has a maintenance task (TTL expiry at the heads, `x-expires` and
+//! auto-delete requests through [`DeadLetterSink::delete_queue`], deletion of consumed
+//! segments, coalesced ack records, ack-log snapshots).
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
-use crate::message::{FieldTable, Message};
-use crate::mq::{ConnectionId, MqResult};
+use ferry_storage::batch::BatchBuilder;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
 
-/// Queue type, from `x-queue-type`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum QueueType {
-    /// The default: a log with an ack-tracking cursor.
-    Classic,
-    /// Accepted for compatibility; same engine as classic (single node), durable only.
-    Quorum,
-    /// A replayable log; consumers choose where to start.
-    Stream,
-}
+use crate::internal::now_ms;
+use crate::message::{message_to_record, Message};
+use crate::mq::{ConnectionId, MqError, MqResult};
+use crate::CoreError;
 
-/// What happens when a publish would exceed `x-max-length` / `x-max-length-bytes`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Overflow {
-    /// Drop (dead-letter, reason `maxlen`) the oldest ready messages. The default.
-    DropHead,
-    /// Refuse the new message (publisher confirm nack).
-    RejectPublish,
-    /// Refuse the new message and dead-letter it (reason `maxlen`).
-    RejectPublishDlx,
-}
+mod acklog;
+mod classic;
+mod ranges;
+mod settings;
+mod stream;
+#[cfg(test)]
+mod tests;
 
-/// A queue's settings, parsed and validated from its declare arguments.
-#[derive(Clone, Debug, PartialEq)]
-pub struct QueueSettings {
-    /// Queue type.
-    pub queue_type: QueueType,
-    /// Survives a restart.
-    pub durable: bool,
-    /// Owned by one connection; deleted when it closes.
-    pub exclusive: Option<ConnectionId>,
-    /// Deleted once its last consumer is cancelled (after having had one).
-    pub auto_delete: bool,
-    /// `x-message-ttl`, milliseconds.
-    pub message_ttl_ms: Option<u64>,
-    /// `x-expires`: deleted after this long unused, milliseconds.
-    pub expires_ms: Option<u64>,
-    /// `x-max-length`: ready messages.
-    pub max_length: Option<u64>,
-    /// `x-max-length-bytes`: ready message body bytes.
-    pub max_length_bytes: Option<u64>,
-    /// `x-overflow`.
-    pub overflow: Overflow,
-    /// `x-dead-letter-exchange`.
-    pub dead_letter_exchange: Option<String>,
-    /// `x-dead-letter-routing-key`.
-    pub dead_letter_routing_key: Option<String>,
-    /// `x-max-priority` (1–255).
-    pub max_priority: Option<u8>,
-    /// `x-single-active-consumer`.
-    pub single_active_consumer: bool,
-    /// `x-consumer-timeout`, milliseconds (else the broker default).
-    pub consumer_timeout_ms: Option<u64>,
-    /// The declare arguments as given, for equivalence checks and listing.
-    pub arguments: crate::message::FieldTable,
-}
+pub use classic::{
+    storage_key, storage_key_of_log, DeleteReason, ACK_LOG_PREFIX, QUEUE_LOG_PREFIX,
+};
+use classic::{Classic, DeadLetters};
+pub use settings::{
+    max_age_ms, queue_resource, type_name, Overflow, QueueSettings, QueueType, MAX_EXPIRY_MS,
+    MAX_PRIORITY,
+};
+pub use stream::{stream_topic, STREAM_OFFSET_HEADER};
+use stream::{Stream, StreamCursor};
 
-impl QueueSettings {
-    /// Parses and validates declare flags and arguments (`x-message-ttl`, `x-expires`,
-    /// `x-max-length`, …) with RabbitMQ's error texts for invalid values (PRECONDITION_FAILED
-    /// `invalid arg 'x-max-length' for queue 'q' in vhost '/': …`).
-    pub fn parse(
-        vhost: &str,
-        queue: &str,
-        durable: bool,
-        exclusive: Option<ConnectionId>,
-        auto_delete: bool,
-        arguments: FieldTable,
-    ) -> MqResult<QueueSettings> {
-        let _ = (vhost, queue, durable, exclusive, auto_delete, arguments);
-        todo!("queuecore")
-    }
-}
+/// Wait after a failed stream read before trying again (the log is being cut by retention
+/// or the disk failed; never a busy loop).
+const STREAM_RETRY_MS: u64 = 100;
 
 /// What a queue needs from the rest of the broker.
 #[derive(Clone, Debug)]
@@ -146,6 +112,14 @@ pub trait DeadLetterSink: Send + Sync + std::fmt::Debug {
         message: Message,
         reason: DeadLetterReason,
     );
+
+    /// The queue `queue` of `vhost` asks to be deleted (`auto_delete` after its last
+    /// consumer went, or unused for `x-expires`): the vhost removes it with its bindings
+    /// and calls [`Queue::delete`]. Called from the queue's maintenance task, never under a
+    /// queue lock, at most once per queue.
+    fn delete_queue(&self, vhost: &str, queue: &str, reason: DeleteReason) {
+        let _ = (vhost, queue, reason);
+    }
 }
 
 /// Identifies one delivered message within its queue (the log offset and priority level).
@@ -215,13 +189,42 @@ pub enum ConsumerEnd {
 /// A registered consumer of a queue.
 #[derive(Debug)]
 pub struct Consumer {
-    _private: (),
+    id: u64,
+    spec: ConsumerSpec,
+    shared: Arc<ConsumerShared>,
+    /// Stream queues: the consumer's position.
+    stream: Option<Mutex<StreamCursor>>,
 }
 
 impl Consumer {
     /// The consumer's tag.
     pub fn tag(&self) -> &str {
-        todo!("queuecore")
+        &self.spec.tag
+    }
+
+    /// What it asked for.
+    pub fn spec(&self) -> &ConsumerSpec {
+        &self.spec
+    }
+}
+
+/// The part of a consumer the queue keeps: its wake-up and why it ended.
+#[derive(Debug, Default)]
+pub(crate) struct ConsumerShared {
+    /// Woken when a delivery is handed over or the consumer ends.
+    pub notify: Arc<Notify>,
+    end: Mutex<Option<ConsumerEnd>>,
+}
+
+impl ConsumerShared {
+    /// Ends the consumer's deliveries (the first reason sticks).
+    pub fn end(&self, end: ConsumerEnd) {
+        self.end.lock().get_or_insert(end);
+        self.notify.notify_one();
+    }
+
+    fn ended(&self) -> Option<ConsumerEnd> {
+        self.end.lock().clone()
     }
 }
 
@@ -241,8 +244,28 @@ pub enum EnqueueOutcome {
 /// A queue.
 #[derive(Debug)]
 pub struct Queue {
-    _private: (),
+    name: String,
+    vhost: String,
+    settings: QueueSettings,
+    env: QueueEnv,
+    engine: Engine,
+    /// RabbitMQ's NOT_FOUND text for this queue, ready for the error path.
+    missing: String,
+    /// Consumers as (id, exclusive), for exclusivity checks and counts.
+    consumers: Mutex<Vec<(u64, bool)>>,
+    deleted: AtomicBool,
+    /// Wakes the maintenance task.
+    maintenance: Arc<Notify>,
 }
+
+#[derive(Debug)]
+enum Engine {
+    Classic(Classic),
+    Stream(Stream),
+}
+
+/// Source of consumer ids (process-unique).
+static NEXT_CONSUMER: AtomicU64 = AtomicU64::new(1);
 
 impl Queue {
     /// Opens (creating or recovering) the queue `name` of `vhost`. Recovery restores the
@@ -254,48 +277,229 @@ impl Queue {
         name: &str,
         settings: QueueSettings,
     ) -> MqResult<Arc<Queue>> {
-        let _ = (env, vhost, name, settings);
-        todo!("queuecore")
+        let now = now_ms();
+        let maintenance = Arc::new(Notify::new());
+        let engine = match settings.queue_type {
+            QueueType::Stream => {
+                let broker = env
+                    .broker
+                    .upgrade()
+                    .ok_or(MqError::Core(CoreError::ShuttingDown))?;
+                Engine::Stream(Stream::open(&broker, vhost, name, &settings)?)
+            }
+            QueueType::Classic | QueueType::Quorum => Engine::Classic(Classic::open(
+                &env.store,
+                vhost,
+                name,
+                &settings,
+                now,
+                maintenance.clone(),
+            )?),
+        };
+        let queue = Arc::new(Queue {
+            name: name.to_string(),
+            vhost: vhost.to_string(),
+            missing: format!("no queue '{name}' in vhost '{vhost}'"),
+            settings,
+            env: env.clone(),
+            engine,
+            consumers: Mutex::new(Vec::new()),
+            deleted: AtomicBool::new(false),
+            maintenance,
+        });
+        if matches!(queue.engine, Engine::Classic(_)) {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(maintain(Arc::downgrade(&queue), queue.maintenance.clone()));
+                }
+                Err(_) => tracing::warn!(
+                    queue = name,
+                    "queue opened outside a tokio runtime: no TTL timer, x-expires or segment cleanup"
+                ),
+            }
+        }
+        Ok(queue)
     }
 
     /// Deletes the queue: its consumers end with [`ConsumerEnd::QueueDeleted`], its logs and
     /// ack state are removed. Returns the ready message count it had.
     pub fn delete(&self) -> MqResult<u64> {
-        todo!("queuecore")
+        if self.deleted.swap(true, Ordering::AcqRel) {
+            return Ok(0);
+        }
+        self.maintenance.notify_one();
+        match &self.engine {
+            Engine::Classic(classic) => {
+                let count = classic.close(ConsumerEnd::QueueDeleted, true, now_ms());
+                self.consumers.lock().clear();
+                for id in classic.log_ids() {
+                    match self.env.store.remove_log(id) {
+                        Ok(()) | Err(ferry_storage::StorageError::UnknownLog(_)) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Ok(count)
+            }
+            Engine::Stream(stream) => {
+                let count = stream.message_count();
+                self.consumers.lock().clear();
+                stream.partition().mark_deleted();
+                let topic = stream.topic().to_string();
+                let broker = self.env.broker.clone();
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => {
+                        runtime.spawn(async move {
+                            if let Some(broker) = broker.upgrade() {
+                                if let Err(e) = broker.delete_topic(&topic).await {
+                                    tracing::warn!(
+                                        topic,
+                                        "deleting a stream queue's topic failed: {e}"
+                                    );
+                                }
+                            }
+                        });
+                    }
+                    Err(_) => tracing::warn!(topic, "stream topic not deleted: no tokio runtime"),
+                }
+                Ok(count)
+            }
+        }
+    }
+
+    /// Ends every consumer with [`ConsumerEnd::Shutdown`] and persists the cursor (call at
+    /// broker shutdown, before the store shuts down).
+    pub fn shutdown(&self) {
+        match &self.engine {
+            Engine::Classic(classic) => {
+                classic.close(ConsumerEnd::Shutdown, false, now_ms());
+            }
+            Engine::Stream(_) => {}
+        }
+        self.consumers.lock().clear();
+        self.maintenance.notify_one();
     }
 
     /// Queue name.
     pub fn name(&self) -> &str {
-        todo!("queuecore")
+        &self.name
+    }
+
+    /// The vhost it belongs to.
+    pub fn vhost(&self) -> &str {
+        &self.vhost
     }
 
     /// Settings it was declared with.
     pub fn settings(&self) -> &QueueSettings {
-        todo!("queuecore")
+        &self.settings
+    }
+
+    /// Whether [`Queue::delete`] ran.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    /// Counts as use for `x-expires` (call on every redeclare, passive or not).
+    pub fn touch(&self) {
+        if let Engine::Classic(classic) = &self.engine {
+            classic.touch(now_ms());
+            self.maintenance.notify_one();
+        }
     }
 
     /// Ready messages (not delivered-and-unacked).
     pub fn message_count(&self) -> u64 {
-        todo!("queuecore")
+        match &self.engine {
+            Engine::Classic(classic) => classic.message_count(),
+            Engine::Stream(stream) => stream.message_count(),
+        }
     }
 
     /// Registered consumers.
     pub fn consumer_count(&self) -> u32 {
-        todo!("queuecore")
+        self.consumers.lock().len() as u32
     }
 
     /// Stores `message` (applying length limits and overflow) and wakes a consumer.
     pub fn enqueue(&self, message: &Message) -> MqResult<EnqueueOutcome> {
-        let _ = message;
-        todo!("queuecore")
+        let now = now_ms();
+        let mut builder = BatchBuilder::new(now);
+        message_to_record(&mut builder, message, now);
+        let batch = builder.build();
+        match &self.engine {
+            Engine::Classic(classic) => {
+                let mut dead = Vec::new();
+                let outcome = classic.enqueue(&self.settings, message, batch, now, &mut dead);
+                self.send_dead_letters(dead);
+                outcome
+            }
+            Engine::Stream(stream) => stream.enqueue(batch, now, &self.missing),
+        }
+    }
+
+    /// Checks a stream consumer's flow control as RabbitMQ does: a prefetch count is
+    /// required (PRECONDITION_FAILED) and automatic acks are not supported
+    /// (NOT_IMPLEMENTED). Nothing to check for other queue types.
+    pub fn check_stream_consumer(&self, prefetch: u16, no_ack: bool) -> MqResult<()> {
+        if self.settings.queue_type != QueueType::Stream {
+            return Ok(());
+        }
+        let rs = queue_resource(&self.vhost, &self.name);
+        if no_ack {
+            return Err(MqError::NotImplemented(format!(
+                "automatic acknowledgement not supported by stream queues {rs}"
+            )));
+        }
+        if prefetch == 0 {
+            return Err(MqError::PreconditionFailed(format!(
+                "consumer prefetch count is not set for '{rs}'"
+            )));
+        }
+        Ok(())
     }
 
     /// Registers a consumer. Errors: ACCESS_REFUSED when an exclusive consumer exists (or
     /// this one is exclusive and others exist), PRECONDITION_FAILED for a stream consumer
     /// without the needed arguments.
     pub fn add_consumer(&self, spec: ConsumerSpec) -> MqResult<Arc<Consumer>> {
-        let _ = spec;
-        todo!("queuecore")
+        if self.is_deleted() {
+            return Err(MqError::NotFound(self.missing.clone()));
+        }
+        let stream = match &self.engine {
+            Engine::Stream(stream) => {
+                if spec.no_ack {
+                    self.check_stream_consumer(1, true)?;
+                }
+                Some(Mutex::new(stream.start_cursor(spec.stream_start)?))
+            }
+            Engine::Classic(_) => None,
+        };
+        let id = NEXT_CONSUMER.fetch_add(1, Ordering::Relaxed);
+        let shared = Arc::new(ConsumerShared::default());
+        {
+            let mut consumers = self.consumers.lock();
+            if consumers.iter().any(|(_, exclusive)| *exclusive)
+                || (spec.exclusive && !consumers.is_empty())
+            {
+                return Err(MqError::AccessRefused(format!(
+                    "{} in exclusive use",
+                    queue_resource(&self.vhost, &self.name)
+                )));
+            }
+            consumers.push((id, spec.exclusive));
+        }
+        match &self.engine {
+            Engine::Classic(classic) => {
+                classic.add_consumer(id, spec.priority, spec.no_ack, shared.clone(), now_ms());
+            }
+            Engine::Stream(stream) => stream.partition().register_waiter(&shared.notify),
+        }
+        Ok(Arc::new(Consumer {
+            id,
+            spec,
+            shared,
+            stream,
+        }))
     }
 
     /// Waits for the next message for `consumer` (honouring single-active-consumer,
@@ -305,38 +509,161 @@ impl Queue {
         &self,
         consumer: &Consumer,
     ) -> std::result::Result<Delivery, ConsumerEnd> {
-        let _ = consumer;
-        todo!("queuecore")
+        loop {
+            if let Some(end) = consumer.shared.ended() {
+                return Err(end);
+            }
+            match &self.engine {
+                Engine::Classic(classic) => {
+                    let mut dead = Vec::new();
+                    let polled =
+                        classic.poll_delivery(&self.settings, consumer.id, now_ms(), &mut dead);
+                    self.send_dead_letters(dead);
+                    match polled {
+                        Ok(Some(delivery)) => return Ok(delivery),
+                        Ok(None) => {}
+                        Err(end) => return Err(consumer.shared.ended().unwrap_or(end)),
+                    }
+                }
+                Engine::Stream(stream) => {
+                    if stream.partition().is_deleted() {
+                        return Err(ConsumerEnd::QueueDeleted);
+                    }
+                    let Some(cursor) = &consumer.stream else {
+                        return Err(ConsumerEnd::QueueDeleted);
+                    };
+                    let polled = stream.poll(&mut cursor.lock());
+                    match polled {
+                        Ok(Some(delivery)) => return Ok(delivery),
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(queue = %self.name, "stream read failed: {e}");
+                            tokio::time::sleep(Duration::from_millis(STREAM_RETRY_MS)).await;
+                            continue;
+                        }
+                    }
+                }
+            }
+            consumer.shared.notify.notified().await;
+        }
     }
 
     /// Unregisters a consumer (its unacked messages are the channel's to settle). May
     /// auto-delete the queue.
     pub fn remove_consumer(&self, consumer: &Consumer) {
-        let _ = consumer;
-        todo!("queuecore")
+        self.consumers.lock().retain(|(id, _)| *id != consumer.id);
+        match &self.engine {
+            Engine::Classic(classic) => {
+                let mut dead = Vec::new();
+                classic.remove_consumer(&self.settings, consumer.id, now_ms(), &mut dead);
+                self.send_dead_letters(dead);
+            }
+            Engine::Stream(stream) => {
+                stream
+                    .partition()
+                    .unregister_waiter(&consumer.shared.notify);
+                if self.settings.auto_delete && self.consumers.lock().is_empty() {
+                    self.env.dead_letters.delete_queue(
+                        &self.vhost,
+                        &self.name,
+                        DeleteReason::AutoDelete,
+                    );
+                }
+            }
+        }
     }
 
     /// `basic.get`: the next ready message, if any.
     pub fn get(&self, no_ack: bool) -> MqResult<Option<Delivery>> {
-        let _ = no_ack;
-        todo!("queuecore")
+        match &self.engine {
+            Engine::Classic(classic) => {
+                let mut dead = Vec::new();
+                let got = classic.get(&self.settings, no_ack, now_ms(), &mut dead);
+                self.send_dead_letters(dead);
+                got
+            }
+            Engine::Stream(_) => Err(MqError::NotImplemented(format!(
+                "basic.get not supported by stream queues {}",
+                queue_resource(&self.vhost, &self.name)
+            ))),
+        }
     }
 
     /// Settles acknowledged deliveries.
     pub fn ack(&self, ids: &[DeliveryId]) -> MqResult<()> {
-        let _ = ids;
-        todo!("queuecore")
+        if let Engine::Classic(classic) = &self.engine {
+            classic.ack(ids, now_ms());
+        }
+        Ok(())
     }
 
     /// Rejects deliveries: requeued (to be redelivered first, flagged redelivered) or
     /// dead-lettered / dropped.
     pub fn reject(&self, ids: &[DeliveryId], requeue: bool) -> MqResult<()> {
-        let _ = (ids, requeue);
-        todo!("queuecore")
+        match &self.engine {
+            Engine::Classic(classic) => {
+                let mut dead = Vec::new();
+                let result = classic.reject(&self.settings, ids, requeue, now_ms(), &mut dead);
+                self.send_dead_letters(dead);
+                result
+            }
+            Engine::Stream(_) => Err(MqError::NotImplemented(format!(
+                "basic.nack and basic.reject not supported by stream queues {}",
+                queue_resource(&self.vhost, &self.name)
+            ))),
+        }
     }
 
     /// Drops every ready message; returns how many.
     pub fn purge(&self) -> MqResult<u64> {
-        todo!("queuecore")
+        match &self.engine {
+            Engine::Classic(classic) => classic.purge(now_ms()),
+            Engine::Stream(_) => Ok(0),
+        }
+    }
+
+    fn send_dead_letters(&self, dead: DeadLetters) {
+        for (message, reason) in dead {
+            self.env
+                .dead_letters
+                .dead_letter(&self.name, &self.settings, message, reason);
+        }
+    }
+
+    /// One round of maintenance; the milliseconds until the next.
+    fn maintain_once(&self) -> i64 {
+        let Engine::Classic(classic) = &self.engine else {
+            return classic::MAINTENANCE_INTERVAL_MS;
+        };
+        let mut dead = Vec::new();
+        let (next, delete) = classic.maintain(&self.settings, now_ms(), &mut dead);
+        self.send_dead_letters(dead);
+        if let Some(reason) = delete {
+            self.env
+                .dead_letters
+                .delete_queue(&self.vhost, &self.name, reason);
+        }
+        next
+    }
+}
+
+/// A classic queue's maintenance task: message expiry at the heads (even with no
+/// consumer), `x-expires` and auto-delete requests, deletion of consumed segments and
+/// ack-log compaction. Holds the queue only while working.
+async fn maintain(queue: Weak<Queue>, wake: Arc<Notify>) {
+    loop {
+        let sleep_ms = {
+            let Some(queue) = queue.upgrade() else { return };
+            if queue.is_deleted() {
+                return;
+            }
+            queue.maintain_once()
+        };
+        let sleep =
+            Duration::from_millis(sleep_ms.clamp(1, classic::MAINTENANCE_INTERVAL_MS) as u64);
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(sleep) => {}
+        }
     }
 }

@@ -352,9 +352,12 @@ impl Broker {
         }
 
         let groups = GroupCoordinator::open(store.clone(), config.groups.clone())?;
+        let definitions = crate::routing::VHosts::load(&store)?;
+        let queue_store = store.clone();
         let (stop, _) = watch::channel(false);
         let topic_count = topics.len();
-        let broker = Arc::new(Broker {
+        // Queues hold a weak reference to the broker (stream queues are its topics).
+        let broker = Arc::new_cyclic(|weak| Broker {
             store,
             groups,
             metadata,
@@ -370,10 +373,12 @@ impl Broker {
             appends: AtomicU64::new(0),
             snapshot_lock: tokio::sync::Mutex::new(Some(0)),
             shutdown_done: tokio::sync::Mutex::new(false),
-            vhosts: crate::routing::VHosts { _private: () },
+            vhosts: crate::routing::VHosts::new(definitions, queue_store, weak.clone()),
             auth: crate::auth::Auth { _private: () },
             config,
         });
+        // Durable queues reopen now that the broker exists.
+        broker.vhosts.recover()?;
         broker.spawn_background();
         info!(data_dir = %broker.config.data_dir.display(), topics = topic_count, "broker core open");
         Ok(broker)
@@ -415,6 +420,8 @@ impl Broker {
         }
 
         let mut first_error = None;
+        // Queues end their consumers and persist their cursors while the store still runs.
+        self.vhosts.shutdown();
         if let Err(e) = self.snapshot_producers(true).await {
             warn!(error = %e, "final producer-state snapshot failed; the next start scans the logs");
             first_error.get_or_insert(e);

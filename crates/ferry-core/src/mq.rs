@@ -41,6 +41,10 @@ pub enum MqError {
     /// 506: a resource limit (too many queues, consumers…).
     #[error("{0}")]
     ResourceError(String),
+    /// 503 (connection level): a malformed command, e.g. an unknown exchange type
+    /// (`unknown exchange type 'x'`); RabbitMQ closes the connection.
+    #[error("{0}")]
+    CommandInvalid(String),
     /// 540: a feature Ferry does not implement.
     #[error("{0}")]
     NotImplemented(String),

@@ -9,11 +9,22 @@
 //! Declares are idempotent only when equivalent; otherwise PRECONDITION_FAILED with
 //! RabbitMQ's text. The router is also each queue's [`DeadLetterSink`].
 
-use std::sync::Arc;
+mod args;
+mod binding;
+mod dead_letter;
+mod definitions;
+mod headers;
+#[cfg(test)]
+mod tests;
+mod topic;
+mod vhost;
+mod vhosts;
 
-use crate::message::{FieldTable, Message};
-use crate::mq::{ConnectionId, MqResult};
-use crate::queue::Queue;
+use crate::message::FieldTable;
+use crate::mq::{MqError, MqResult};
+
+pub use vhost::VHost;
+pub use vhosts::VHosts;
 
 /// The default vhost, created at first start.
 pub const DEFAULT_VHOST: &str = "/";
@@ -32,12 +43,22 @@ pub enum ExchangeKind {
 }
 
 impl ExchangeKind {
-    /// Parses `direct`/`fanout`/`topic`/`headers`; anything else is COMMAND_INVALID in
-    /// RabbitMQ (`invalid exchange type 'x'`): here NotImplemented/PreconditionFailed as the
-    /// implementer finds RabbitMQ does.
+    /// Parses `direct`/`fanout`/`topic`/`headers`; anything else is COMMAND_INVALID, a
+    /// connection error, with RabbitMQ's text (`unknown exchange type 'x'`, and
+    /// `invalid exchange type ''` for the empty name).
     pub fn parse(kind: &str) -> MqResult<ExchangeKind> {
-        let _ = kind;
-        todo!("routing")
+        match kind {
+            "direct" => Ok(ExchangeKind::Direct),
+            "fanout" => Ok(ExchangeKind::Fanout),
+            "topic" => Ok(ExchangeKind::Topic),
+            "headers" => Ok(ExchangeKind::Headers),
+            "" => Err(MqError::CommandInvalid(
+                "invalid exchange type ''".to_string(),
+            )),
+            other => Err(MqError::CommandInvalid(format!(
+                "unknown exchange type '{other}'"
+            ))),
+        }
     }
 
     /// The AMQP type name.
@@ -111,167 +132,120 @@ pub struct Routed {
 /// The publisher-confirm answer of one publish, possibly not yet known.
 #[derive(Debug)]
 pub struct Confirm {
-    _private: (),
+    state: ConfirmState,
+}
+
+#[derive(Debug)]
+enum ConfirmState {
+    /// A queue refused the message: nack.
+    Nack,
+    /// Ack once every queue's append is durable (nothing to wait for when empty).
+    Pending(Vec<ferry_storage::Durability>),
 }
 
 impl Confirm {
+    /// An ack with nothing to wait for (an unroutable message is acked at once).
+    pub fn ack() -> Confirm {
+        Confirm {
+            state: ConfirmState::Pending(Vec::new()),
+        }
+    }
+
+    /// A nack.
+    pub fn nack() -> Confirm {
+        Confirm {
+            state: ConfirmState::Nack,
+        }
+    }
+
+    /// Whether [`Confirm::wait`] would answer at once (no durable write to wait for).
+    pub fn is_immediate(&self) -> bool {
+        match &self.state {
+            ConfirmState::Nack => true,
+            ConfirmState::Pending(waits) => waits.iter().all(|d| d.is_immediate()),
+        }
+    }
+
     /// Waits for the answer: `Ok(true)` ack, `Ok(false)` nack.
     pub async fn wait(self) -> MqResult<bool> {
-        todo!("routing")
+        match self.state {
+            ConfirmState::Nack => Ok(false),
+            ConfirmState::Pending(waits) => {
+                for durable in waits {
+                    durable.wait().await?;
+                }
+                Ok(true)
+            }
+        }
     }
 }
 
-/// Every virtual host of the broker.
-#[derive(Debug)]
-pub struct VHosts {
-    pub(crate) _private: (),
+/// Whether a binding leads to a queue or an exchange.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DestinationKind {
+    /// `queue`
+    Queue,
+    /// `exchange`
+    Exchange,
 }
 
-impl VHosts {
-    /// The vhost `name`; NotAllowed (`vhost 'x' not found`) if it does not exist.
-    pub fn get(&self, name: &str) -> MqResult<Arc<VHost>> {
-        let _ = name;
-        todo!("routing")
-    }
-
-    /// Names of all vhosts.
-    pub fn names(&self) -> Vec<String> {
-        todo!("routing")
-    }
-
-    /// Creates a vhost (with its `amq.*` exchanges); idempotent.
-    pub fn add(&self, name: &str) -> MqResult<()> {
-        let _ = name;
-        todo!("routing")
-    }
-
-    /// Deletes a vhost and everything in it.
-    pub async fn delete(&self, name: &str) -> MqResult<()> {
-        let _ = name;
-        todo!("routing")
-    }
-
-    /// A connection closed: delete its exclusive queues in every vhost.
-    pub fn connection_closed(&self, connection: ConnectionId) {
-        let _ = connection;
-        todo!("routing")
+impl DestinationKind {
+    /// `queue` or `exchange`, as RabbitMQ names them.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DestinationKind::Queue => "queue",
+            DestinationKind::Exchange => "exchange",
+        }
     }
 }
 
-/// One virtual host: its exchanges, queues and bindings.
-#[derive(Debug)]
-pub struct VHost {
-    _private: (),
+/// An exchange, as listed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExchangeInfo {
+    /// Name (`""` for the default exchange).
+    pub name: String,
+    /// Type.
+    pub kind: ExchangeKind,
+    /// Survives restart.
+    pub durable: bool,
+    /// Deleted when its last binding as source goes.
+    pub auto_delete: bool,
+    /// Not publishable by clients.
+    pub internal: bool,
+    /// Declare arguments.
+    pub arguments: FieldTable,
 }
 
-impl VHost {
-    /// The vhost's name.
-    pub fn name(&self) -> &str {
-        todo!("routing")
-    }
+/// A queue, as listed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueInfo {
+    /// Name.
+    pub name: String,
+    /// Survives restart.
+    pub durable: bool,
+    /// Owned by one connection.
+    pub exclusive: bool,
+    /// Deleted when its last consumer goes.
+    pub auto_delete: bool,
+    /// Declare arguments.
+    pub arguments: FieldTable,
+    /// Ready messages.
+    pub messages: u64,
+    /// Consumers.
+    pub consumers: u32,
+}
 
-    /// `exchange.declare` (passive or not).
-    pub fn declare_exchange(&self, declare: ExchangeDeclare) -> MqResult<()> {
-        let _ = declare;
-        todo!("routing")
-    }
-
-    /// `exchange.delete`.
-    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> MqResult<()> {
-        let _ = (name, if_unused);
-        todo!("routing")
-    }
-
-    /// `exchange.bind`: route from `source` to `destination` exchange.
-    pub fn bind_exchange(
-        &self,
-        destination: &str,
-        source: &str,
-        routing_key: &str,
-        arguments: FieldTable,
-    ) -> MqResult<()> {
-        let _ = (destination, source, routing_key, arguments);
-        todo!("routing")
-    }
-
-    /// `exchange.unbind`.
-    pub fn unbind_exchange(
-        &self,
-        destination: &str,
-        source: &str,
-        routing_key: &str,
-        arguments: &FieldTable,
-    ) -> MqResult<()> {
-        let _ = (destination, source, routing_key, arguments);
-        todo!("routing")
-    }
-
-    /// `queue.declare`, by `connection` (owner of exclusive queues).
-    pub fn declare_queue(
-        &self,
-        declare: QueueDeclare,
-        connection: ConnectionId,
-    ) -> MqResult<QueueDeclared> {
-        let _ = (declare, connection);
-        todo!("routing")
-    }
-
-    /// A queue for consuming, getting, purging or acking, checked against exclusive
-    /// ownership (RESOURCE_LOCKED) and existence (NOT_FOUND).
-    pub fn queue(&self, name: &str, connection: ConnectionId) -> MqResult<Arc<Queue>> {
-        let _ = (name, connection);
-        todo!("routing")
-    }
-
-    /// `queue.bind`.
-    pub fn bind_queue(
-        &self,
-        queue: &str,
-        exchange: &str,
-        routing_key: &str,
-        arguments: FieldTable,
-        connection: ConnectionId,
-    ) -> MqResult<()> {
-        let _ = (queue, exchange, routing_key, arguments, connection);
-        todo!("routing")
-    }
-
-    /// `queue.unbind`.
-    pub fn unbind_queue(
-        &self,
-        queue: &str,
-        exchange: &str,
-        routing_key: &str,
-        arguments: &FieldTable,
-        connection: ConnectionId,
-    ) -> MqResult<()> {
-        let _ = (queue, exchange, routing_key, arguments, connection);
-        todo!("routing")
-    }
-
-    /// `queue.purge`: returns the purged count.
-    pub fn purge_queue(&self, name: &str, connection: ConnectionId) -> MqResult<u64> {
-        let _ = (name, connection);
-        todo!("routing")
-    }
-
-    /// `queue.delete` with if-unused / if-empty: returns the message count it had.
-    pub fn delete_queue(
-        &self,
-        name: &str,
-        if_unused: bool,
-        if_empty: bool,
-        connection: ConnectionId,
-    ) -> MqResult<u64> {
-        let _ = (name, if_unused, if_empty, connection);
-        todo!("routing")
-    }
-
-    /// `basic.publish`: routes `message` through its exchange (NOT_FOUND if missing,
-    /// ACCESS_REFUSED if internal) to queues, following exchange bindings and alternate
-    /// exchanges.
-    pub fn publish(&self, message: Message) -> MqResult<Routed> {
-        let _ = message;
-        todo!("routing")
-    }
+/// A binding, as listed (the default exchange's implicit bindings included).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BindingInfo {
+    /// Source exchange.
+    pub source: String,
+    /// Destination name.
+    pub destination: String,
+    /// Destination kind.
+    pub destination_kind: DestinationKind,
+    /// Binding key.
+    pub routing_key: String,
+    /// Binding arguments.
+    pub arguments: FieldTable,
 }

@@ -92,7 +92,7 @@ mkdir -p "$WORK/kafka-root"
 PORT="$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 echo "kafka-python-suite: starting $FERRY_BIN on 127.0.0.1:$PORT"
 # FERRY_* variables configure the broker; the test tooling's own are not passed on.
-env -u FERRY_BIN -u FERRY_EXTRA_ARGS RUST_LOG="${RUST_LOG:-info}" "$FERRY_BIN" serve --data-dir "$WORK/data" --kafka-listen "127.0.0.1:$PORT" "${BROKER_ARGS[@]}" \
+env -u FERRY_BIN -u FERRY_EXTRA_ARGS RUST_LOG="${RUST_LOG:-info}" "$FERRY_BIN" serve --data-dir "$WORK/data" --kafka-listen "127.0.0.1:$PORT" --http-listen 127.0.0.1:0 "${BROKER_ARGS[@]}" \
   >"$WORK/broker.log" 2>&1 </dev/null &
 BROKER_PID=$!
 "$PYTHON" - "$PORT" "$BROKER_START_TIMEOUT_S" "$BROKER_PID" <<'EOF' || { tail -n 40 "$WORK/broker.log" >&2; die "broker did not start"; }

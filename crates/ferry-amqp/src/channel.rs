@@ -679,12 +679,8 @@ impl Channel {
             exchange::AMQPMethod::Declare(d) => {
                 let name = d.exchange.as_str();
                 if !d.passive {
-                    if ExchangeKind::parse(d.kind.as_str()).is_err() {
-                        return Err(AmqpError::connection(
-                            COMMAND_INVALID,
-                            format!("unknown exchange type '{}'", d.kind.as_str()),
-                        ));
-                    }
+                    // An unknown type is a connection error (503), before permissions.
+                    ExchangeKind::parse(d.kind.as_str())?;
                     self.check(ctx, Access::Configure, ResourceKind::Exchange, name)?;
                 }
                 ctx.vhost.declare_exchange(ExchangeDeclare {

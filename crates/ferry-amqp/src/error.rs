@@ -131,6 +131,7 @@ impl From<MqError> for AmqpError {
             MqError::AccessRefused(text) => AmqpError::channel(ACCESS_REFUSED, text),
             MqError::NotAllowed(text) => AmqpError::connection(NOT_ALLOWED, text),
             MqError::ResourceError(text) => AmqpError::connection(RESOURCE_ERROR, text),
+            MqError::CommandInvalid(text) => AmqpError::connection(COMMAND_INVALID, text),
             MqError::NotImplemented(text) => AmqpError::connection(NOT_IMPLEMENTED, text),
             MqError::Core(error) => AmqpError::connection(INTERNAL_ERROR, error),
         }
@@ -170,6 +171,15 @@ mod tests {
         assert_eq!(
             (e.scope, e.code, e.text.as_str()),
             (Scope::Connection, 540, "NOT_IMPLEMENTED - immediate=true")
+        );
+        let e = AmqpError::from(MqError::CommandInvalid("unknown exchange type 'x'".into()));
+        assert_eq!(
+            (e.scope, e.code, e.text.as_str()),
+            (
+                Scope::Connection,
+                503,
+                "COMMAND_INVALID - unknown exchange type 'x'"
+            )
         );
         assert_eq!(reply_name(FRAME_ERROR), "FRAME_ERROR");
         assert_eq!(reply_name(UNEXPECTED_FRAME), "UNEXPECTED_FRAME");

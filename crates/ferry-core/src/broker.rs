@@ -19,6 +19,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::alarm::{AlarmLimits, Alarms, Usage, ALARM_POLL_INTERVAL_MS};
 use crate::internal::{now_ms, to_json, InternalLog};
 use crate::metadata::{
     replay_producer_snapshots, MetadataKey, MetadataState, ProducerIdsRecord, TopicRecord,
@@ -72,6 +73,12 @@ pub struct BrokerConfig {
     pub groups: GroupSettings,
     /// How often retention runs.
     pub retention_check_interval_ms: u64,
+    /// Users and permissions applied at every start, loopback-only users.
+    pub auth: crate::auth::AuthConfig,
+    /// Vhosts created at start if missing (config file `[[amqp.vhosts]]`).
+    pub vhosts: Vec<String>,
+    /// Memory and disk alarm thresholds.
+    pub limits: crate::alarm::LimitsConfig,
 }
 
 impl BrokerConfig {
@@ -85,6 +92,9 @@ impl BrokerConfig {
             topic_defaults: TopicConfig::default(),
             groups: GroupSettings::default(),
             retention_check_interval_ms: DEFAULT_RETENTION_CHECK_INTERVAL_MS,
+            auth: crate::auth::AuthConfig::default(),
+            vhosts: Vec::new(),
+            limits: crate::alarm::LimitsConfig::default(),
         }
     }
 }
@@ -212,6 +222,10 @@ pub struct Broker {
     vhosts: crate::routing::VHosts,
     /// Users and permissions.
     auth: crate::auth::Auth,
+    /// Alarm thresholds, defaults resolved at open.
+    alarm_limits: AlarmLimits,
+    /// Current resource alarms (sampled by a background task).
+    alarms: watch::Sender<Alarms>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -354,6 +368,9 @@ impl Broker {
         let groups = GroupCoordinator::open(store.clone(), config.groups.clone())?;
         let definitions = crate::routing::VHosts::load(&store)?;
         let queue_store = store.clone();
+        let auth = crate::auth::Auth::open(&store, &config.auth)?;
+        let alarm_limits = config.limits.resolve();
+        let (alarms, _) = watch::channel(alarm_limits.evaluate(Usage::sample(&config.data_dir)));
         let (stop, _) = watch::channel(false);
         let topic_count = topics.len();
         // Queues hold a weak reference to the broker (stream queues are its topics).
@@ -374,11 +391,14 @@ impl Broker {
             snapshot_lock: tokio::sync::Mutex::new(Some(0)),
             shutdown_done: tokio::sync::Mutex::new(false),
             vhosts: crate::routing::VHosts::new(definitions, queue_store, weak.clone()),
-            auth: crate::auth::Auth { _private: () },
+            auth,
+            alarm_limits,
+            alarms,
             config,
         });
         // Durable queues reopen now that the broker exists.
         broker.vhosts.recover()?;
+        broker.add_configured_vhosts()?;
         broker.spawn_background();
         info!(data_dir = %broker.config.data_dir.display(), topics = topic_count, "broker core open");
         Ok(broker)
@@ -456,6 +476,36 @@ impl Broker {
     /// Users and permissions.
     pub fn auth(&self) -> &crate::auth::Auth {
         &self.auth
+    }
+
+    /// The resource alarms now and every change to come (sampled every
+    /// [`crate::alarm::ALARM_POLL_INTERVAL_MS`]).
+    pub fn alarms(&self) -> watch::Receiver<Alarms> {
+        self.alarms.subscribe()
+    }
+
+    /// The memory and disk alarm thresholds in force.
+    pub fn alarm_limits(&self) -> AlarmLimits {
+        self.alarm_limits
+    }
+
+    /// Bytes stored by a partition's log (all its segments).
+    pub fn partition_size_bytes(&self, topic: &str, partition: u32) -> Result<u64> {
+        let (_, partition) = self
+            .find_partition(topic, partition)
+            .ok_or(CoreError::UnknownTopicOrPartition)?;
+        Ok(partition.log.size_bytes())
+    }
+
+    /// Creates the vhosts named in the config that do not exist yet; the one place they
+    /// are applied, at every start.
+    fn add_configured_vhosts(&self) -> Result<()> {
+        for vhost in &self.config.vhosts {
+            self.vhosts
+                .add(vhost)
+                .map_err(|e| CoreError::InvalidConfig(format!("vhost {vhost:?}: {e}")))?;
+        }
+        Ok(())
     }
 
     /// This node's id.
@@ -1130,7 +1180,12 @@ impl Broker {
             self.stop.subscribe(),
             Duration::from_millis(PRODUCER_SNAPSHOT_INTERVAL_MS),
         ));
-        self.tasks.lock().extend([retention, snapshots]);
+        let alarms = tokio::spawn(alarm_loop(
+            Arc::downgrade(self),
+            self.stop.subscribe(),
+            Duration::from_millis(ALARM_POLL_INTERVAL_MS),
+        ));
+        self.tasks.lock().extend([retention, snapshots, alarms]);
     }
 }
 
@@ -1413,6 +1468,46 @@ async fn snapshot_loop(broker: Weak<Broker>, mut stop: watch::Receiver<bool>, in
         if let Err(e) = broker.snapshot_producers(false).await {
             warn!(error = %e, "producer-state snapshot failed");
         }
+    }
+}
+
+/// Samples memory and disk every `interval` and publishes alarm changes until stopped.
+async fn alarm_loop(broker: Weak<Broker>, mut stop: watch::Receiver<bool>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let Some(broker) = broker.upgrade() else {
+            return;
+        };
+        // Two small reads (/proc, statvfs): cheap enough for the runtime thread.
+        let usage = Usage::sample(&broker.config.data_dir);
+        let now = broker.alarm_limits.evaluate(usage);
+        let limits = broker.alarm_limits;
+        broker.alarms.send_if_modified(|current| {
+            if *current == now {
+                return false;
+            }
+            if now.memory != current.memory {
+                if now.memory {
+                    warn!(resident_bytes = ?usage.resident_bytes, limit_bytes = limits.memory_high_watermark_bytes, "memory resource limit alarm set: publishers are blocked");
+                } else {
+                    info!("memory resource limit alarm cleared");
+                }
+            }
+            if now.disk != current.disk {
+                if now.disk {
+                    warn!(free_bytes = ?usage.disk_free_bytes, limit_bytes = limits.disk_free_limit_bytes, "disk resource limit alarm set: publishers are blocked");
+                } else {
+                    info!("disk resource limit alarm cleared");
+                }
+            }
+            *current = now;
+            true
+        });
     }
 }
 

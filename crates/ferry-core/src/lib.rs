@@ -10,6 +10,7 @@
 //! All durable state (topic metadata, committed offsets, producer ids) is kept as records
 //! in internal logs on the same storage engine, replayed at startup.
 
+pub mod alarm;
 pub mod auth;
 mod broker;
 mod config;

@@ -4,10 +4,14 @@ use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::{AmqpLayer, GroupsLayer, KafkaLayer, Layer, TopicValue, FLUSH_MODE_KEY};
+use crate::config::{
+    AmqpLayer, GroupsLayer, HttpLayer, KafkaLayer, Layer, TopicValue, FLUSH_MODE_KEY,
+};
 
 /// Default broker address of the command-line tools.
 pub const DEFAULT_BOOTSTRAP: &str = "localhost:9092";
+/// Default admin API address of `ferry user|vhost|permissions`.
+pub const DEFAULT_ADMIN: &str = "localhost:8080";
 
 /// Ferry: a message broker that Kafka clients use unchanged.
 #[derive(Debug, Parser)]
@@ -35,6 +39,15 @@ pub enum Command {
     Group(GroupCommand),
     /// Measure a broker (or the built-in tcp-baseline) with a workload.
     Bench(ferry_bench::BenchArgs),
+    /// Add, delete and list users (through the HTTP admin API).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Add, delete and list vhosts (through the HTTP admin API).
+    #[command(subcommand)]
+    Vhost(VhostCommand),
+    /// Set, clear and list users' permissions on vhosts (through the HTTP admin API).
+    #[command(subcommand)]
+    Permissions(PermissionsCommand),
 }
 
 /// Flags of `ferry serve`; each overrides the config file and the environment.
@@ -73,6 +86,12 @@ pub struct ServeArgs {
     /// Log filter: a level or tracing directives [default: RUST_LOG, else info] [env: FERRY_LOG_LEVEL]
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// HTTP (admin API, /metrics) listen address [default: 0.0.0.0:8080] [env: FERRY_HTTP_LISTEN]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http_listen: Option<String>,
+    /// Do not serve HTTP [env: FERRY_HTTP_ENABLED=false]
+    #[arg(long, conflicts_with = "http_listen")]
+    pub no_http: bool,
 }
 
 /// Durability of appends.
@@ -118,6 +137,10 @@ impl ServeArgs {
                 min_session_timeout_ms: self.group_min_session_timeout_ms,
                 ..GroupsLayer::default()
             },
+            http: HttpLayer {
+                enabled: self.no_http.then_some(false),
+                listen: self.http_listen.clone(),
+            },
             ..Layer::default()
         }
     }
@@ -132,6 +155,127 @@ pub struct ConnArgs {
     /// Give up on a request after this long
     #[arg(long, value_name = "MS", default_value_t = 30_000)]
     pub request_timeout_ms: u64,
+}
+
+/// How to reach a running broker's HTTP admin API.
+#[derive(Clone, Debug, Args)]
+pub struct AdminArgs {
+    /// The broker's HTTP admin API (its --http-listen)
+    #[arg(long = "http", visible_alias = "broker", value_name = "HOST:PORT", env = "FERRY_ADMIN", hide_env_values = true, default_value = DEFAULT_ADMIN)]
+    pub http: String,
+    /// Administrator to authenticate as
+    #[arg(
+        long,
+        value_name = "USER",
+        env = "FERRY_ADMIN_USER",
+        default_value = "guest"
+    )]
+    pub admin_user: String,
+    /// Password of --admin-user
+    #[arg(
+        long,
+        value_name = "PASSWORD",
+        env = "FERRY_ADMIN_PASSWORD",
+        hide_env_values = true,
+        default_value = "guest"
+    )]
+    pub admin_password: String,
+    /// Give up on a request after this long
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+}
+
+/// `ferry user …`
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user, or replace an existing user's password and tags.
+    Add {
+        /// User name.
+        name: String,
+        /// The user's password
+        #[arg(long, value_name = "PASSWORD")]
+        password: String,
+        /// Tags, comma-separated or repeated (administrator may use the admin API)
+        #[arg(long, value_name = "TAG,…", value_delimiter = ',')]
+        tags: Vec<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Delete a user and its permissions.
+    Delete {
+        /// User name.
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List users with their tags.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// `ferry vhost …`
+#[derive(Debug, Subcommand)]
+pub enum VhostCommand {
+    /// Create a vhost (with its amq.* exchanges).
+    Add {
+        /// Vhost name.
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Delete a vhost with everything in it.
+    Delete {
+        /// Vhost name.
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List vhosts.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// `ferry permissions …`
+#[derive(Debug, Subcommand)]
+pub enum PermissionsCommand {
+    /// Set a user's configure, write and read patterns (regular expressions) on a vhost.
+    Set {
+        /// Vhost
+        #[arg(long, value_name = "VHOST", default_value = "/")]
+        vhost: String,
+        /// User name.
+        user: String,
+        /// Configure pattern (declare, delete).
+        configure: String,
+        /// Write pattern (publish, bind to).
+        write: String,
+        /// Read pattern (consume, get, purge, bind from).
+        read: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Remove a user's permission on a vhost.
+    Clear {
+        /// Vhost
+        #[arg(long, value_name = "VHOST", default_value = "/")]
+        vhost: String,
+        /// User name.
+        user: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List permissions.
+    List {
+        /// Only this vhost's
+        #[arg(long, value_name = "VHOST")]
+        vhost: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 /// `ferry topic …`

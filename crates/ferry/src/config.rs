@@ -63,6 +63,39 @@
 //! max_group_size = 1000
 //! # Committed offsets of an empty group are dropped after this long, in milliseconds.
 //! offsets_retention_ms = 604800000
+//!
+//! [http]
+//! # Serve the admin API and /metrics.
+//! enabled = true
+//! # Address to listen on.
+//! listen = "0.0.0.0:8080"
+//!
+//! [limits]
+//! # Memory alarm (publishers blocked) above this much resident memory, in bytes;
+//! # default: 40% of the machine's memory (RabbitMQ's vm_memory_high_watermark 0.4).
+//! # memory_high_watermark_bytes = 1073741824
+//! # Disk alarm below this much free space in the data directory, in bytes.
+//! disk_free_limit_bytes = 50000000
+//!
+//! [amqp]
+//! # Users that may log in only from a loopback address.
+//! loopback_users = ["guest"]
+//!
+//! # Users, vhosts and permissions applied at every start (the config wins for the
+//! # users it names; users made with `ferry user add` are kept). A fresh data
+//! # directory also gets guest/guest (administrator, full permissions on "/").
+//! # [[amqp.users]]
+//! # name = "app"
+//! # password = "secret"
+//! # tags = ["management"]
+//! # [[amqp.vhosts]]
+//! # name = "staging"
+//! # [[amqp.permissions]]
+//! # user = "app"
+//! # vhost = "staging"
+//! # configure = "^app-"
+//! # write = ".*"
+//! # read = ".*"
 //! ```
 //!
 //! Environment variables (a value that does not parse is an error):
@@ -72,12 +105,16 @@
 //! `FERRY_KAFKA_ADVERTISED`, `FERRY_KAFKA_MAX_REQUEST_BYTES`, `FERRY_AMQP_ENABLED`,
 //! `FERRY_AMQP_LISTEN`, `FERRY_FLUSH_MODE`
 //! (sets `topic_defaults."flush.mode"`), `FERRY_GROUP_MIN_SESSION_TIMEOUT_MS`,
-//! `FERRY_GROUP_MAX_SESSION_TIMEOUT_MS`, `FERRY_GROUP_INITIAL_REBALANCE_DELAY_MS`.
+//! `FERRY_GROUP_MAX_SESSION_TIMEOUT_MS`, `FERRY_GROUP_INITIAL_REBALANCE_DELAY_MS`,
+//! `FERRY_HTTP_ENABLED`, `FERRY_HTTP_LISTEN`, `FERRY_MEMORY_HIGH_WATERMARK_BYTES`,
+//! `FERRY_DISK_FREE_LIMIT_BYTES`.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use ferry_core::alarm::LimitsConfig;
+use ferry_core::auth::{AuthConfig, PermissionSpec, UserSpec};
 use ferry_core::{BrokerConfig, GroupSettings, TopicConfig};
 use serde::Deserialize;
 
@@ -104,7 +141,14 @@ pub const CONFIG_ENV: &str = "FERRY_CONFIG";
 /// Prefix of Ferry's environment variables.
 const ENV_PREFIX: &str = "FERRY_";
 /// Environment variables read by the command-line tools, not by `serve`.
-const CLIENT_ENV_VARS: &[&str] = &["FERRY_BOOTSTRAP"];
+const CLIENT_ENV_VARS: &[&str] = &[
+    "FERRY_BOOTSTRAP",
+    "FERRY_ADMIN",
+    "FERRY_ADMIN_USER",
+    "FERRY_ADMIN_PASSWORD",
+];
+/// Default HTTP listen address (admin API and /metrics).
+pub const DEFAULT_HTTP_LISTEN: &str = ferry_http::DEFAULT_HTTP_LISTEN;
 /// Topic config key of Ferry's durability mode.
 pub const FLUSH_MODE_KEY: &str = "flush.mode";
 
@@ -180,7 +224,81 @@ pub struct KafkaLayer {
     pub max_request_bytes: Option<usize>,
 }
 
-/// `[amqp]`: the AMQP 0-9-1 listener.
+/// `[groups]`: the group coordinator.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupsLayer {
+    /// Smallest session timeout a member may ask for, in ms.
+    pub min_session_timeout_ms: Option<i32>,
+    /// Largest session timeout a member may ask for, in ms.
+    pub max_session_timeout_ms: Option<i32>,
+    /// Delay of the first rebalance of an empty group, in ms.
+    pub initial_rebalance_delay_ms: Option<u64>,
+    /// Most members in one group.
+    pub max_group_size: Option<usize>,
+    /// Retention of an empty group's committed offsets, in ms.
+    pub offsets_retention_ms: Option<i64>,
+}
+
+/// `[http]`: the admin API and `/metrics` listener.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpLayer {
+    /// Serve HTTP (default true).
+    pub enabled: Option<bool>,
+    /// `host:port` to listen on (default `0.0.0.0:8080`).
+    pub listen: Option<String>,
+}
+
+/// `[limits]`: resource alarm thresholds.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsLayer {
+    /// Memory alarm above this many resident bytes (default 40% of memory).
+    pub memory_high_watermark_bytes: Option<u64>,
+    /// Disk alarm below this many free bytes (default 50 MB).
+    pub disk_free_limit_bytes: Option<u64>,
+}
+
+/// `[[amqp.users]]`: a user applied at every start.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpUser {
+    /// User name.
+    pub name: String,
+    /// Password in clear (stored hashed).
+    pub password: String,
+    /// Tags (`administrator` may use the admin API).
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// `[[amqp.vhosts]]`: a vhost created at start if missing.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpVhost {
+    /// Vhost name.
+    pub name: String,
+}
+
+/// `[[amqp.permissions]]`: a user's permission on a vhost, set at every start.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpPermission {
+    /// User name.
+    pub user: String,
+    /// Vhost name.
+    pub vhost: String,
+    /// Configure pattern (regular expression, as RabbitMQ's).
+    pub configure: String,
+    /// Write pattern.
+    pub write: String,
+    /// Read pattern.
+    pub read: String,
+}
+
+/// `[amqp]`: the AMQP listener's keys, then the definitions (users, vhosts,
+/// permissions) and `loopback_users`.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpLayer {
@@ -196,22 +314,18 @@ pub struct AmqpLayer {
     pub heartbeat_s: Option<u16>,
     /// Consumer acknowledgement timeout, in ms (default 30 minutes).
     pub consumer_timeout_ms: Option<u64>,
-}
-
-/// `[groups]`: the group coordinator.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GroupsLayer {
-    /// Smallest session timeout a member may ask for, in ms.
-    pub min_session_timeout_ms: Option<i32>,
-    /// Largest session timeout a member may ask for, in ms.
-    pub max_session_timeout_ms: Option<i32>,
-    /// Delay of the first rebalance of an empty group, in ms.
-    pub initial_rebalance_delay_ms: Option<u64>,
-    /// Most members in one group.
-    pub max_group_size: Option<usize>,
-    /// Retention of an empty group's committed offsets, in ms.
-    pub offsets_retention_ms: Option<i64>,
+    // ---- definitions (users, vhosts, permissions) ----
+    /// Users that may log in only from loopback (default `["guest"]`).
+    pub loopback_users: Option<Vec<String>>,
+    /// `[[amqp.users]]`.
+    #[serde(default)]
+    pub users: Vec<AmqpUser>,
+    /// `[[amqp.vhosts]]`.
+    #[serde(default)]
+    pub vhosts: Vec<AmqpVhost>,
+    /// `[[amqp.permissions]]`.
+    #[serde(default)]
+    pub permissions: Vec<AmqpPermission>,
 }
 
 /// One configuration layer (file, environment or flags): every key optional.
@@ -233,15 +347,21 @@ pub struct Layer {
     /// The Kafka listener.
     #[serde(default)]
     pub kafka: KafkaLayer,
-    /// The AMQP listener.
-    #[serde(default)]
-    pub amqp: AmqpLayer,
     /// Broker defaults of topic configs.
     #[serde(default)]
     pub topic_defaults: BTreeMap<String, TopicValue>,
     /// The group coordinator.
     #[serde(default)]
     pub groups: GroupsLayer,
+    /// The HTTP listener.
+    #[serde(default)]
+    pub http: HttpLayer,
+    /// Resource alarm thresholds.
+    #[serde(default)]
+    pub limits: LimitsLayer,
+    /// AMQP settings and definitions.
+    #[serde(default)]
+    pub amqp: AmqpLayer,
 }
 
 impl Layer {
@@ -332,6 +452,18 @@ impl Layer {
                     layer.groups.initial_rebalance_delay_ms =
                         Some(parse_num(&value).map_err(|r| bad(&r))?)
                 }
+                "FERRY_HTTP_ENABLED" => {
+                    layer.http.enabled = Some(parse_bool(&value).map_err(|r| bad(&r))?)
+                }
+                "FERRY_HTTP_LISTEN" => layer.http.listen = Some(value.clone()),
+                "FERRY_MEMORY_HIGH_WATERMARK_BYTES" => {
+                    layer.limits.memory_high_watermark_bytes =
+                        Some(parse_num(&value).map_err(|r| bad(&r))?)
+                }
+                "FERRY_DISK_FREE_LIMIT_BYTES" => {
+                    layer.limits.disk_free_limit_bytes =
+                        Some(parse_num(&value).map_err(|r| bad(&r))?)
+                }
                 other if CLIENT_ENV_VARS.contains(&other) => {}
                 _ => unknown.push(var.clone()),
             }
@@ -389,6 +521,21 @@ impl Layer {
             &mut self.groups.offsets_retention_ms,
             over.groups.offsets_retention_ms,
         );
+        take(&mut self.http.enabled, over.http.enabled);
+        take(&mut self.http.listen, over.http.listen);
+        take(
+            &mut self.limits.memory_high_watermark_bytes,
+            over.limits.memory_high_watermark_bytes,
+        );
+        take(
+            &mut self.limits.disk_free_limit_bytes,
+            over.limits.disk_free_limit_bytes,
+        );
+        // Definitions only come from the file; a later layer adds to them.
+        take(&mut self.amqp.loopback_users, over.amqp.loopback_users);
+        self.amqp.users.extend(over.amqp.users);
+        self.amqp.vhosts.extend(over.amqp.vhosts);
+        self.amqp.permissions.extend(over.amqp.permissions);
         self
     }
 }
@@ -423,6 +570,15 @@ pub struct AmqpSettings {
     pub consumer_timeout_ms: u64,
 }
 
+/// The HTTP listener's resolved settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// Whether to serve HTTP at all.
+    pub enabled: bool,
+    /// Address to bind (`host:port`).
+    pub listen: String,
+}
+
 /// Resolved, validated settings of `ferry serve`.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -446,6 +602,14 @@ pub struct Settings {
     pub topic_defaults: BTreeMap<String, String>,
     /// Group coordinator settings.
     pub groups: GroupSettings,
+    /// The HTTP listener.
+    pub http: HttpSettings,
+    /// Alarm thresholds.
+    pub limits: LimitsConfig,
+    /// Users, permissions and loopback-only users of the config file.
+    pub auth: AuthConfig,
+    /// Vhosts of the config file.
+    pub vhosts: Vec<String>,
 }
 
 impl Settings {
@@ -589,6 +753,50 @@ impl Settings {
             heartbeat_s: layer.amqp.heartbeat_s.unwrap_or(amqp_defaults.heartbeat_s),
             consumer_timeout_ms,
         };
+        let http_listen = layer
+            .http
+            .listen
+            .unwrap_or_else(|| DEFAULT_HTTP_LISTEN.to_owned());
+        split_host_port(&http_listen).map_err(|reason| invalid("http.listen", reason))?;
+        let limits = LimitsConfig {
+            memory_high_watermark_bytes: layer.limits.memory_high_watermark_bytes,
+            disk_free_limit_bytes: layer.limits.disk_free_limit_bytes,
+        };
+        if limits.memory_high_watermark_bytes == Some(0) {
+            return Err(invalid(
+                "limits.memory_high_watermark_bytes",
+                "must be positive",
+            ));
+        }
+        let auth = AuthConfig {
+            users: layer
+                .amqp
+                .users
+                .into_iter()
+                .map(|u| UserSpec {
+                    name: u.name,
+                    password: u.password,
+                    tags: u.tags,
+                })
+                .collect(),
+            permissions: layer
+                .amqp
+                .permissions
+                .into_iter()
+                .map(|p| PermissionSpec {
+                    user: p.user,
+                    vhost: p.vhost,
+                    configure: p.configure,
+                    write: p.write,
+                    read: p.read,
+                })
+                .collect(),
+            loopback_users: layer
+                .amqp
+                .loopback_users
+                .unwrap_or_else(|| AuthConfig::default().loopback_users),
+        };
+        let vhosts = layer.amqp.vhosts.into_iter().map(|v| v.name).collect();
 
         if let Some(level) = &layer.log_level {
             tracing_subscriber::EnvFilter::try_new(level)
@@ -617,6 +825,13 @@ impl Settings {
                 .map(|(k, v)| (k, v.into_text()))
                 .collect(),
             groups,
+            http: HttpSettings {
+                enabled: layer.http.enabled.unwrap_or(true),
+                listen: http_listen,
+            },
+            limits,
+            auth,
+            vhosts,
         })
     }
 
@@ -633,6 +848,9 @@ impl Settings {
             topic_defaults,
             groups: self.groups.clone(),
             retention_check_interval_ms: self.retention_check_interval_ms,
+            auth: self.auth.clone(),
+            vhosts: self.vhosts.clone(),
+            limits: self.limits,
         })
     }
 
@@ -973,5 +1191,86 @@ mod tests {
         .expect("valid");
         let bound: SocketAddr = "[::]:45678".parse().expect("addr");
         assert_eq!(s.advertised(bound), ("localhost".to_owned(), 45678));
+    }
+
+    #[test]
+    fn http_limits_and_definitions() {
+        let s = Settings::resolve(Layer::default()).expect("defaults");
+        assert_eq!(
+            s.http,
+            HttpSettings {
+                enabled: true,
+                listen: "0.0.0.0:8080".into()
+            }
+        );
+        assert_eq!(s.limits, LimitsConfig::default());
+        assert_eq!(s.auth, AuthConfig::default());
+        assert!(s.vhosts.is_empty());
+
+        let f = file(
+            r#"
+            [http]
+            listen = "127.0.0.1:8081"
+            [limits]
+            memory_high_watermark_bytes = 1000000
+            disk_free_limit_bytes = 1
+            [amqp]
+            loopback_users = []
+            [[amqp.users]]
+            name = "app"
+            password = "secret"
+            tags = ["management"]
+            [[amqp.vhosts]]
+            name = "staging"
+            [[amqp.permissions]]
+            user = "app"
+            vhost = "staging"
+            configure = "^app-"
+            write = ".*"
+            read = ""
+            "#,
+        );
+        let (e, unknown) = Layer::from_env(env(&[
+            ("FERRY_HTTP_ENABLED", "false"),
+            ("FERRY_DISK_FREE_LIMIT_BYTES", "2"),
+            ("FERRY_ADMIN", "x:1"),
+        ]))
+        .expect("env");
+        assert!(unknown.is_empty());
+        let s = Settings::resolve(f.overlay(e)).expect("valid");
+        assert!(!s.http.enabled);
+        assert_eq!(s.http.listen, "127.0.0.1:8081");
+        assert_eq!(s.limits.memory_high_watermark_bytes, Some(1_000_000));
+        assert_eq!(s.limits.disk_free_limit_bytes, Some(2));
+        assert!(s.auth.loopback_users.is_empty());
+        assert_eq!(
+            s.auth.users,
+            vec![UserSpec {
+                name: "app".into(),
+                password: "secret".into(),
+                tags: vec!["management".into()]
+            }]
+        );
+        assert_eq!(s.vhosts, vec!["staging".to_owned()]);
+        assert_eq!(s.auth.permissions[0].configure, "^app-");
+        assert_eq!(s.auth.permissions[0].read, "");
+        let config = s.broker_config().expect("broker config");
+        assert_eq!(config.vhosts, vec!["staging".to_owned()]);
+        assert_eq!(config.auth, s.auth);
+
+        let bad = Layer {
+            http: HttpLayer {
+                listen: Some("nowhere".into()),
+                ..HttpLayer::default()
+            },
+            ..Layer::default()
+        };
+        let err = Settings::resolve(bad).expect_err("bad listen");
+        assert!(err.to_string().starts_with("http.listen"), "{err}");
+        let unknown_key = Layer::from_toml(
+            "[[amqp.users]]\nname = \"a\"\npasword = \"x\"\n",
+            Path::new("f.toml"),
+        );
+        assert!(unknown_key.is_err());
     }
 }

@@ -81,6 +81,11 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Consume(args) => commands::consume::run(args).await.map_err(Failure::Cli),
         Command::Group(command) => commands::group::run(command).await.map_err(Failure::Cli),
         Command::Bench(args) => commands::bench::run(args).await.map_err(Failure::Cli),
+        Command::User(command) => commands::admin::user(command).await.map_err(Failure::Cli),
+        Command::Vhost(command) => commands::admin::vhost(command).await.map_err(Failure::Cli),
+        Command::Permissions(command) => commands::admin::permissions(command)
+            .await
+            .map_err(Failure::Cli),
     }
 }
 

@@ -1,4 +1,4 @@
-//! `ferry serve`: load the configuration, open the broker, run the Kafka and AMQP
+//! `ferry serve`: load the configuration, open the broker, run the Kafka, AMQP and HTTP
 //! listeners, and on SIGINT or SIGTERM stop accepting, let in-flight requests finish
 //! (AMQP connections are closed with 320 CONNECTION_FORCED), flush and exit 0.
 
@@ -22,6 +22,8 @@ use crate::config::{Settings, DEFAULT_LOG_LEVEL};
 
 /// Longest wait for the broker's final flush before giving up with an error.
 const BROKER_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait for in-flight HTTP requests at shutdown.
+const HTTP_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the broker until a signal asks it to stop.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -44,6 +46,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open data directory {}", data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&data_dir).unwrap_or(data_dir);
 
+    let http = match start_http(&settings, &broker).await {
+        Ok(http) => http,
+        Err(e) => {
+            flush(&broker).await?;
+            return Err(e);
+        }
+    };
     let mut listeners = Vec::new();
     let started = async {
         if let Some(kafka) = start_kafka(&settings, &broker, &data_dir).await? {
@@ -59,6 +68,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         for listener in &listeners {
             listener.task.abort();
         }
+        // Dropping `http` stops that listener.
+        drop(http);
         flush(&broker).await?;
         return Err(e);
     }
@@ -70,6 +81,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         serve_until_signal(listeners, &mut signals).await
     };
+    if let Some(http) = http {
+        http.stop().await;
+    }
     flush(&broker).await?;
     served?;
     info!("stopped cleanly");
@@ -231,6 +245,59 @@ async fn start_amqp(settings: &Settings, broker: &Arc<Broker>) -> anyhow::Result
         stop,
         task,
     }))
+}
+
+/// A running HTTP listener (admin API, /metrics) and the way to stop it.
+struct HttpListener {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl HttpListener {
+    /// Stops accepting, waits (bounded) for in-flight requests, logs a failure.
+    async fn stop(self) {
+        let HttpListener { stop, mut task } = self;
+        // The listener may already be gone; then there is nothing to stop.
+        let _ = stop.send(());
+        match tokio::time::timeout(HTTP_SHUTDOWN_TIMEOUT, &mut task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => error!("HTTP listener failed: {e}"),
+            Ok(Err(e)) if e.is_cancelled() => {}
+            Ok(Err(e)) => error!("HTTP listener crashed: {e}"),
+            Err(_) => {
+                warn!(
+                    "HTTP requests still running after {} s: dropped",
+                    HTTP_SHUTDOWN_TIMEOUT.as_secs()
+                );
+                task.abort();
+            }
+        }
+    }
+}
+
+/// Binds and starts the HTTP listener (admin API, /metrics) if it is enabled.
+async fn start_http(
+    settings: &Settings,
+    broker: &Arc<Broker>,
+) -> anyhow::Result<Option<HttpListener>> {
+    if !settings.http.enabled {
+        info!("HTTP listener disabled");
+        return Ok(None);
+    }
+    let listen = &settings.http.listen;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (HTTP; change it with --http-listen or turn it off with --no-http)"))?;
+    let bound = listener
+        .local_addr()
+        .with_context(|| format!("cannot read the address bound for {listen}"))?;
+    info!("HTTP listener on {bound} (admin API, /metrics)");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(ferry_http::serve(listener, broker.clone(), async move {
+        // A dropped sender (we are unwinding) stops the listener too.
+        let _ = stopped.await;
+    }));
+    Ok(Some(HttpListener { stop, task }))
 }
 
 /// The listener task's result, a panic or cancellation included.

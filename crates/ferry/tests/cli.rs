@@ -588,3 +588,158 @@ fn sigterm_flushes_and_data_survives_restart() {
         "one\ntwo\nthree\n"
     );
 }
+
+#[test]
+fn users_from_the_cli() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start(dir.path());
+
+    let listed = broker.admin(&["user", "list"]);
+    assert_eq!(
+        table_rows(listed.expect_ok("user list"), "USER"),
+        vec![vec!["guest", "administrator"]]
+    );
+    let added = broker.admin(&[
+        "user",
+        "add",
+        "alice",
+        "--password",
+        "s3cret",
+        "--tags",
+        "administrator,management",
+    ]);
+    assert_eq!(added.expect_ok("user add"), "Created user alice.\n");
+    // Repeated --tags work as well as a comma-separated list.
+    let updated = broker.admin(&[
+        "user",
+        "add",
+        "bob",
+        "--password",
+        "pw",
+        "--tags",
+        "a",
+        "--tags",
+        "b",
+    ]);
+    assert_eq!(updated.expect_ok("user add bob"), "Created user bob.\n");
+    let listed = broker.admin(&["user", "list"]);
+    assert_eq!(
+        table_rows(listed.expect_ok("user list"), "USER"),
+        vec![
+            vec!["alice", "administrator,management"],
+            vec!["bob", "a,b"],
+            vec!["guest", "administrator"],
+        ]
+    );
+
+    // alice administers; bob is no administrator; a wrong password is refused.
+    let as_alice = broker.admin(&[
+        "user",
+        "delete",
+        "guest",
+        "--admin-user",
+        "alice",
+        "--admin-password",
+        "s3cret",
+    ]);
+    assert_eq!(as_alice.expect_ok("delete guest"), "Deleted user guest.\n");
+    let as_bob = broker.admin(&[
+        "user",
+        "list",
+        "--admin-user",
+        "bob",
+        "--admin-password",
+        "pw",
+    ]);
+    let line = as_bob.expect_one_line_error("not an administrator");
+    assert!(
+        line.contains("refused user 'bob'") && line.contains("401"),
+        "{line}"
+    );
+    let as_guest = broker.admin(&["user", "list"]);
+    assert!(as_guest
+        .expect_one_line_error("guest is gone")
+        .contains("refused user 'guest'"));
+
+    let missing = broker.admin(&[
+        "user",
+        "delete",
+        "nobody",
+        "--admin-user",
+        "alice",
+        "--admin-password",
+        "s3cret",
+    ]);
+    assert!(missing
+        .expect_one_line_error("unknown user")
+        .contains("no user 'nobody'"));
+
+    let nothing = ferry(&["user", "list", "--http", "127.0.0.1:1"], "");
+    assert!(nothing
+        .expect_one_line_error("no admin API")
+        .contains("cannot connect to the admin API at 127.0.0.1:1"));
+}
+
+#[test]
+#[ignore = "VHosts lands with the routing branch"]
+fn vhosts_and_permissions_from_the_cli() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start(dir.path());
+    broker
+        .admin(&["user", "add", "app", "--password", "pw"])
+        .expect_ok("user add");
+    assert_eq!(
+        broker
+            .admin(&["vhost", "add", "staging"])
+            .expect_ok("vhost add"),
+        "Created vhost staging.\n"
+    );
+    assert_eq!(
+        sorted_lines(broker.admin(&["vhost", "list"]).expect_ok("vhost list")),
+        vec!["/", "staging"]
+    );
+    broker
+        .admin(&[
+            "permissions",
+            "set",
+            "--vhost",
+            "staging",
+            "app",
+            "^app-",
+            ".*",
+            "",
+        ])
+        .expect_ok("permissions set");
+    let listed = broker.admin(&["permissions", "list", "--vhost", "staging"]);
+    assert_eq!(
+        table_rows(listed.expect_ok("permissions list"), "USER"),
+        vec![vec!["app", "staging", "^app-", ".*", "\"\""]]
+    );
+    let bad = broker.admin(&["permissions", "set", "app", "(", ".*", ".*"]);
+    assert!(bad
+        .expect_one_line_error("bad pattern")
+        .contains("configure pattern"));
+    let no_vhost = broker.admin(&[
+        "permissions",
+        "set",
+        "--vhost",
+        "nope",
+        "app",
+        ".*",
+        ".*",
+        ".*",
+    ]);
+    assert!(no_vhost
+        .expect_one_line_error("unknown vhost")
+        .contains("no vhost 'nope'"));
+    broker
+        .admin(&["permissions", "clear", "--vhost", "staging", "app"])
+        .expect_ok("permissions clear");
+    broker
+        .admin(&["vhost", "delete", "staging"])
+        .expect_ok("vhost delete");
+    assert_eq!(
+        broker.admin(&["vhost", "list"]).expect_ok("vhost list"),
+        "/\n"
+    );
+}

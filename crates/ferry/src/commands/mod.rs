@@ -1,5 +1,7 @@
-//! The command-line tools that talk to a running broker over the Kafka protocol.
+//! The command-line tools that talk to a running broker: over the Kafka protocol, and
+//! (`user`, `vhost`, `permissions`) over its HTTP admin API.
 
+pub mod admin;
 pub mod bench;
 pub mod consume;
 pub mod format;
@@ -24,6 +26,9 @@ pub enum CliError {
     /// An argument was wrong in a way clap cannot see.
     #[error("{0}")]
     Usage(String),
+    /// The HTTP admin API call failed.
+    #[error(transparent)]
+    Admin(#[from] ferry_http::client::ClientError),
     /// A benchmark could not run or failed verification.
     #[error(transparent)]
     Bench(#[from] ferry_bench::BenchError),

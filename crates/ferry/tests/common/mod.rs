@@ -21,6 +21,8 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Marker of the startup log line that names the bound address.
 const LISTENING: &str = "Kafka listener on ";
+/// Marker of the startup log line that names the HTTP (admin API) address.
+const HTTP_LISTENING: &str = "HTTP listener on ";
 
 /// The result of one command.
 #[derive(Debug)]
@@ -70,6 +72,9 @@ pub fn ferry_env(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Run {
     command
         .args(args)
         .env_remove("FERRY_BOOTSTRAP")
+        .env_remove("FERRY_ADMIN")
+        .env_remove("FERRY_ADMIN_USER")
+        .env_remove("FERRY_ADMIN_PASSWORD")
         .env_remove("RUST_LOG")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -125,6 +130,8 @@ pub struct Broker {
     child: Option<Child>,
     /// `127.0.0.1:port` it listens on.
     pub bootstrap: String,
+    /// `127.0.0.1:port` of its HTTP admin API (empty with `--no-http`).
+    pub admin: String,
     data_dir: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
 }
@@ -146,6 +153,13 @@ impl Broker {
             "--kafka-listen",
             "127.0.0.1:0",
         ];
+        // Never the default 0.0.0.0:8080: brokers of parallel tests would collide on it.
+        let http = !extra
+            .iter()
+            .any(|a| *a == "--no-http" || *a == "--http-listen");
+        if http {
+            args.extend(["--http-listen", "127.0.0.1:0"]);
+        }
         args.extend_from_slice(extra);
         let mut child = Command::new(FERRY)
             .args(&args)
@@ -159,16 +173,21 @@ impl Broker {
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
         let (address_tx, address_rx) = mpsc::channel();
+        let (http_tx, http_rx) = mpsc::channel();
         let sink = log.clone();
         thread::spawn(move || {
+            let first_word = |rest: &str| {
+                rest.split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            };
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split(LISTENING).nth(1) {
-                    let address = rest
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
-                    let _ = address_tx.send(address);
+                    let _ = address_tx.send(first_word(rest));
+                }
+                if let Some(rest) = line.split(HTTP_LISTENING).nth(1) {
+                    let _ = http_tx.send(first_word(rest));
                 }
                 if let Ok(mut log) = sink.lock() {
                     log.push(line);
@@ -178,12 +197,20 @@ impl Broker {
         let mut broker = Broker {
             child: Some(child),
             bootstrap: String::new(),
+            admin: String::new(),
             data_dir,
             log,
         };
         match address_rx.recv_timeout(STARTUP_TIMEOUT) {
             Ok(address) => broker.bootstrap = address,
             Err(_) => panic!("broker did not start listening: {:?}", broker.log()),
+        }
+        if http {
+            // Logged before the Kafka line.
+            match http_rx.recv_timeout(STARTUP_TIMEOUT) {
+                Ok(address) => broker.admin = address,
+                Err(_) => panic!("broker did not start HTTP: {:?}", broker.log()),
+            }
         }
         broker
     }
@@ -203,6 +230,13 @@ impl Broker {
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["--bootstrap", &self.bootstrap]);
         ferry(&all, stdin)
+    }
+
+    /// Runs `ferry args… --http <this broker's admin API>`.
+    pub fn admin(&self, args: &[&str]) -> Run {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--http", &self.admin]);
+        ferry(&all, "")
     }
 
     /// Sends SIGTERM and waits for the exit status.

@@ -233,7 +233,11 @@ async fn nack_requeue_redelivers_and_get_reads() {
         );
         second.ack(BasicAckOptions::default()).await.expect("ack");
 
-        // basic.get: empty, then a message with its properties.
+        // basic.get: empty, then a message with its properties (the consumer, which would
+        // compete for it, is cancelled first).
+        ch.basic_cancel("c1".into(), Default::default())
+            .await
+            .expect("cancel");
         let ch2 = conn.create_channel().await.expect("channel");
         assert!(ch2
             .basic_get("requeue-q".into(), BasicGetOptions::default())
@@ -249,10 +253,6 @@ async fn nack_requeue_redelivers_and_get_reads() {
         )
         .await
         .expect("publish");
-        // The consumer of channel 1 competes for it; cancel it first.
-        ch.basic_cancel("c1".into(), Default::default())
-            .await
-            .expect("cancel");
         let got = loop {
             if let Some(got) = ch2
                 .basic_get("requeue-q".into(), BasicGetOptions { no_ack: true })

@@ -18,7 +18,7 @@ use bytes::{Bytes, BytesMut};
 use ferry_core::auth::{Access, AuthedUser, ResourceKind};
 use ferry_core::message::Message;
 use ferry_core::mq::ConnectionId;
-use ferry_core::queue::{Consumer, ConsumerEnd, ConsumerSpec, Queue};
+use ferry_core::queue::{Consumer, ConsumerEnd, ConsumerSpec, Queue, QueueType};
 use ferry_core::routing::{Confirm, ExchangeDeclare, ExchangeKind, QueueDeclare, VHost};
 use ferry_core::Broker;
 use parking_lot::Mutex;
@@ -242,12 +242,14 @@ impl Channel {
     /// Handles one method on this channel.
     pub async fn method(&mut self, ctx: &Arc<Ctx>, method: AMQPClass) -> AmqpResult<()> {
         let (class_id, method_id) = (method.get_amqp_class_id(), method.get_amqp_method_id());
-        if self.content.is_some() {
-            return Err(AmqpError::connection(
-                UNEXPECTED_FRAME,
-                "expected content header for class 60, got non content header frame instead",
-            )
-            .on(class_id, method_id));
+        if let Some(content) = &self.content {
+            let expected = if content.header.is_none() {
+                "expected content header for class 60, got non content header frame instead"
+            } else {
+                "expected content body, got non content body frame instead"
+            };
+            // The publish whose content was interrupted is the one blamed.
+            return Err(AmqpError::connection(UNEXPECTED_FRAME, expected).on(60, 40));
         }
         self.dispatch(ctx, method)
             .await
@@ -311,6 +313,10 @@ impl Channel {
                 Ok(())
             }
             AMQPClass::Basic(basic::AMQPMethod::Get(g)) => self.get(ctx, g).await,
+            AMQPClass::Basic(basic::AMQPMethod::Recover(basic::Recover { requeue: false }))
+            | AMQPClass::Basic(basic::AMQPMethod::RecoverAsync(basic::RecoverAsync {
+                requeue: false,
+            })) => Err(AmqpError::connection(NOT_IMPLEMENTED, "requeue=false")),
             AMQPClass::Basic(basic::AMQPMethod::Recover(_))
             | AMQPClass::Basic(basic::AMQPMethod::RecoverAsync(_)) => {
                 let entries = self.shared.state.lock().book.take_all();
@@ -433,12 +439,19 @@ impl Channel {
 
     /// A content body frame.
     pub async fn content_body(&mut self, ctx: &Arc<Ctx>, body: Bytes) -> AmqpResult<()> {
-        let Some(content) = self.content.as_mut().filter(|c| c.header.is_some()) else {
+        let Some(content) = self.content.as_mut() else {
             return Err(AmqpError::connection(
                 UNEXPECTED_FRAME,
                 "expected method frame, got non method frame instead",
             ));
         };
+        if content.header.is_none() {
+            return Err(AmqpError::connection(
+                UNEXPECTED_FRAME,
+                "expected content header for class 60, got non content header frame instead",
+            )
+            .on(60, 40));
+        }
         let have = content.first.as_ref().map_or(0, |b| b.len()) + content.rest.len();
         let total = have as u64 + body.len() as u64;
         if total > content.size {
@@ -496,6 +509,20 @@ impl Channel {
     ) -> AmqpResult<()> {
         let exchange = publish.exchange.as_str();
         self.check(ctx, Access::Write, ResourceKind::Exchange, exchange)?;
+        if let Some(expiration) = &properties.expiration {
+            // RabbitMQ checks the per-message TTL when the message arrives.
+            if expiration.parse::<u64>().is_err() {
+                let reason = if expiration.parse::<i64>().is_ok() {
+                    "negative"
+                } else {
+                    "no_integer"
+                };
+                return Err(AmqpError::channel(
+                    PRECONDITION_FAILED,
+                    format!("invalid expiration '{expiration}': {reason}"),
+                ));
+            }
+        }
         if let Some(user_id) = &properties.user_id {
             if *user_id != ctx.user.name {
                 return Err(AmqpError::channel(
@@ -607,6 +634,15 @@ impl Channel {
                     )
                 })?,
         };
+        if queue.settings().queue_type == QueueType::Stream && self.consumer_prefetch == 0 {
+            return Err(AmqpError::channel(
+                PRECONDITION_FAILED,
+                format!(
+                    "consumer prefetch count is not set for 'queue '{name}' in vhost '{}''",
+                    ctx.vhost_name
+                ),
+            ));
+        }
         let stream_start = stream_start(arguments.get("x-stream-offset"), now_ms())
             .map_err(|text| AmqpError::channel(PRECONDITION_FAILED, text))?;
         let consumer = queue.add_consumer(ConsumerSpec {

@@ -85,8 +85,23 @@ fn decode_error(error: DecodeError, payload: &[u8]) -> AmqpError {
             COMMAND_INVALID,
             format!("unknown method {class_id}.{method_id}"),
         ),
-        other => AmqpError::connection(SYNTAX_ERROR, other).on(class_id, method_id),
+        DecodeError::TooDeep => AmqpError::connection(SYNTAX_ERROR, error).on(class_id, method_id),
+        // RabbitMQ's text renders the undecodable arguments as an Erlang binary.
+        DecodeError::Malformed(_) => AmqpError::connection(
+            FRAME_ERROR,
+            format!(
+                "cannot decode {}",
+                erlang_binary(payload.get(4..).unwrap_or_default())
+            ),
+        )
+        .on(class_id, method_id),
     }
+}
+
+/// Bytes as Erlang prints a binary (`<<0,1,2>>`), as RabbitMQ's error texts show them.
+fn erlang_binary(bytes: &[u8]) -> String {
+    let items: Vec<String> = bytes.iter().map(u8::to_string).collect();
+    format!("<<{}>>", items.join(","))
 }
 
 /// Serves one accepted socket until it closes.
@@ -621,8 +636,11 @@ impl Connection {
             AMQPClass::Connection(connection::AMQPMethod::Blocked(_))
             | AMQPClass::Connection(connection::AMQPMethod::Unblocked(_)) => Ok(()),
             other => Err(End::Close(
-                AmqpError::connection(COMMAND_INVALID, "unexpected method on channel 0")
-                    .on(other.get_amqp_class_id(), other.get_amqp_method_id()),
+                AmqpError::connection(
+                    CHANNEL_ERROR,
+                    "unexpected method in connection state running",
+                )
+                .on(other.get_amqp_class_id(), other.get_amqp_method_id()),
             )),
         }
     }

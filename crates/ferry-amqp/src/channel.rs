@@ -35,6 +35,8 @@ use crate::error::*;
 use crate::writer::Out;
 use crate::AmqpConfig;
 
+/// The default exchange's name in permission checks.
+const DEFAULT_EXCHANGE_RESOURCE: &str = "amq.default";
 /// Largest message body accepted (RabbitMQ 3.10's default `max_message_size`).
 pub const MAX_MESSAGE_BYTES: u64 = 128 << 20;
 /// Publisher confirms awaiting their answer per channel before the publisher is paused.
@@ -212,6 +214,12 @@ impl Channel {
         kind: ResourceKind,
         name: &str,
     ) -> AmqpResult<()> {
+        // Permissions name the default exchange `amq.default`, as RabbitMQ does.
+        let name = if kind == ResourceKind::Exchange && name.is_empty() {
+            DEFAULT_EXCHANGE_RESOURCE
+        } else {
+            name
+        };
         if self
             .allowed
             .iter()
@@ -411,12 +419,13 @@ impl Channel {
         }
         if header.class_id != 60 {
             return Err(AmqpError::connection(
-                FRAME_ERROR,
+                UNEXPECTED_FRAME,
                 format!(
-                    "content header for class {} on basic.publish",
+                    "expected content header for class 60, got one for class {} instead",
                     header.class_id
                 ),
-            ));
+            )
+            .on(60, 40));
         }
         if header.body_size > MAX_MESSAGE_BYTES {
             self.content = None;
@@ -826,6 +835,18 @@ impl Channel {
                     },
                     ctx.conn,
                 )?;
+                if !d.passive && name.is_empty() {
+                    // A server-named queue needs configure on the name it got, as in
+                    // RabbitMQ (which names it first); refused, it must not stay.
+                    if let Err(refused) =
+                        self.check(ctx, Access::Configure, ResourceKind::Queue, &declared.name)
+                    {
+                        let _ = ctx
+                            .vhost
+                            .delete_queue(&declared.name, false, false, ctx.conn);
+                        return Err(refused);
+                    }
+                }
                 self.last_queue = Some(declared.name.clone());
                 if d.nowait {
                     return Ok(());

@@ -42,6 +42,8 @@ const WRITER_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const TICK: Duration = Duration::from_millis(500);
 /// Smallest frame_max a client may ask for (the spec's frame-min-size as RabbitMQ uses it).
 pub const FRAME_MIN_SIZE: u32 = 4096;
+/// Bytes of a bad frame quoted in an error text.
+const ERROR_TEXT_BYTES: usize = 64;
 /// Mechanisms offered in `connection.start`.
 const MECHANISMS: &str = "PLAIN AMQPLAIN";
 /// Text of `connection.close` at shutdown (RabbitMQ's).
@@ -100,7 +102,12 @@ fn decode_error(error: DecodeError, payload: &[u8]) -> AmqpError {
 
 /// Bytes as Erlang prints a binary (`<<0,1,2>>`), as RabbitMQ's error texts show them.
 fn erlang_binary(bytes: &[u8]) -> String {
-    let items: Vec<String> = bytes.iter().map(u8::to_string).collect();
+    // Only the start fits in a reply text (a short string) anyway.
+    let items: Vec<String> = bytes
+        .iter()
+        .take(ERROR_TEXT_BYTES)
+        .map(u8::to_string)
+        .collect();
     format!("<<{}>>", items.join(","))
 }
 
@@ -587,8 +594,11 @@ impl Connection {
             FRAME_HEARTBEAT => {
                 if channel != 0 {
                     return Err(End::Close(AmqpError::connection(
-                        FRAME_ERROR,
-                        format!("heartbeat frame on channel {channel}"),
+                        UNEXPECTED_FRAME,
+                        format!(
+                            "type {FRAME_HEARTBEAT}, all octets = {}",
+                            erlang_binary(&payload)
+                        ),
                     )));
                 }
                 Ok(())
@@ -596,6 +606,19 @@ impl Connection {
             FRAME_METHOD => {
                 let method =
                     decode_method(&payload).map_err(|e| End::Close(decode_error(e, &payload)))?;
+                // `amq-protocol` drops basic.qos's prefetch_size; RabbitMQ refuses non-zero.
+                if let (Some((60, 10)), Some(size)) = (method_ids(&payload), payload.get(4..8)) {
+                    let size = u32::from_be_bytes([size[0], size[1], size[2], size[3]]);
+                    if size != 0 {
+                        return Err(End::Close(
+                            AmqpError::connection(
+                                NOT_IMPLEMENTED,
+                                format!("prefetch_size!=0 ({size})"),
+                            )
+                            .on(60, 10),
+                        ));
+                    }
+                }
                 if channel == 0 {
                     return self.connection_method(method).await;
                 }

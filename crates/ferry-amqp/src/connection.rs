@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use amq_protocol::protocol::{channel, connection, AMQPClass};
+use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable as WireTable, LongString};
 use bytes::Bytes;
+use ferry_core::alarm::Alarms;
 use ferry_core::auth::AuthedUser;
 use ferry_core::mq::{ConnectionId, MqError};
 use tokio::io::{AsyncRead, AsyncWriteExt};
@@ -162,6 +163,9 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                 channel_max: open.channel_max,
                 heartbeat: open.heartbeat,
                 last_read: Instant::now(),
+                published: false,
+                blocked: false,
+                blocked_capability: open.blocked_capability,
             };
             let end = conn.run(&mut reader, &mut writer_task).await;
             let end = conn.finish(end, &mut reader).await;
@@ -240,6 +244,7 @@ struct Opened {
     channel_max: u16,
     heartbeat: u16,
     consumer_cancel_notify: bool,
+    blocked_capability: bool,
 }
 
 /// The next method on channel 0 during the handshake (heartbeats skipped).
@@ -332,11 +337,15 @@ async fn handshake<R: AsyncRead + Unpin>(
         Err(other) => return Err(End::Close(AmqpError::from(other))),
     };
     let caps = start_ok.client_properties.inner().get("capabilities");
-    let consumer_cancel_notify = matches!(
-        caps,
-        Some(AMQPValue::FieldTable(t))
-            if matches!(t.inner().get("consumer_cancel_notify"), Some(AMQPValue::Boolean(true)))
-    );
+    let capability = |name: &str| {
+        matches!(
+            caps,
+            Some(AMQPValue::FieldTable(t))
+                if matches!(t.inner().get(name), Some(AMQPValue::Boolean(true)))
+        )
+    };
+    let consumer_cancel_notify = capability("consumer_cancel_notify");
+    let blocked_capability = capability("connection.blocked");
 
     send(
         out,
@@ -424,6 +433,7 @@ async fn handshake<R: AsyncRead + Unpin>(
         channel_max,
         heartbeat,
         consumer_cancel_notify,
+        blocked_capability,
     })
 }
 
@@ -515,6 +525,12 @@ struct Connection {
     channel_max: u16,
     heartbeat: u16,
     last_read: Instant,
+    /// The client has published (only publishers are blocked by alarms).
+    published: bool,
+    /// Reading is paused by a resource alarm.
+    blocked: bool,
+    /// The client understands `connection.blocked`.
+    blocked_capability: bool,
 }
 
 impl Connection {
@@ -527,20 +543,34 @@ impl Connection {
         let mut shutdown = self.shared.shutdown.clone();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut alarms = self.ctx.broker.alarms();
+        let mut alarms_live = true;
         loop {
+            // A resource alarm pauses reading from connections that publish (RabbitMQ's
+            // flow control): their publishes wait in the socket buffers, not in memory.
+            let alarm = *alarms.borrow_and_update();
+            let paused = alarm.any() && self.published;
+            if paused != self.blocked {
+                self.blocked = paused;
+                self.notify_blocked(alarm).await;
+            }
             let frame = tokio::select! {
                 biased;
                 () = stopped(&mut shutdown) => {
                     return End::Close(AmqpError::connection(CONNECTION_FORCED, SHUTDOWN_TEXT));
                 }
                 _ = &mut *writer => return End::Drop("the writer stopped".to_owned()),
+                changed = alarms.changed(), if alarms_live => {
+                    alarms_live = changed.is_ok();
+                    continue;
+                }
                 _ = tick.tick() => {
                     if let Some(end) = self.on_tick().await {
                         return end;
                     }
                     continue;
                 }
-                frame = reader.next(self.frame_max) => frame,
+                frame = reader.next(self.frame_max), if !paused => frame,
             };
             let frame = match frame {
                 Ok(frame) => frame,
@@ -553,9 +583,27 @@ impl Connection {
         }
     }
 
+    /// `connection.blocked` / `unblocked` to clients that asked for them.
+    async fn notify_blocked(&mut self, alarm: Alarms) {
+        if !self.blocked_capability {
+            return;
+        }
+        let method = match (self.blocked, alarm.blocked_reason()) {
+            (true, Some(reason)) => connection::AMQPMethod::Blocked(connection::Blocked {
+                reason: short(&reason),
+            }),
+            _ => connection::AMQPMethod::Unblocked(connection::Unblocked {}),
+        };
+        send(&self.ctx.out, 0, AMQPClass::Connection(method)).await;
+    }
+
     /// Missed heartbeats and overdue acknowledgements.
     async fn on_tick(&mut self) -> Option<End> {
         let now = Instant::now();
+        if self.blocked {
+            // Not reading while blocked: the client's heartbeats wait in the socket.
+            self.last_read = now;
+        }
         if self.heartbeat > 0
             && now.duration_since(self.last_read)
                 > Duration::from_secs(2 * u64::from(self.heartbeat))
@@ -606,6 +654,9 @@ impl Connection {
             FRAME_METHOD => {
                 let method =
                     decode_method(&payload).map_err(|e| End::Close(decode_error(e, &payload)))?;
+                if let AMQPClass::Basic(basic::AMQPMethod::Publish(_)) = method {
+                    self.published = true;
+                }
                 // `amq-protocol` drops basic.qos's prefetch_size; RabbitMQ refuses non-zero.
                 if let (Some((60, 10)), Some(size)) = (method_ids(&payload), payload.get(4..8)) {
                     let size = u32::from_be_bytes([size[0], size[1], size[2], size[3]]);

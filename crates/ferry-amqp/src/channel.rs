@@ -35,6 +35,10 @@ use crate::error::*;
 use crate::writer::Out;
 use crate::AmqpConfig;
 
+/// The pseudo-queue of RabbitMQ's direct reply-to.
+pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+/// Prefix of the routing keys that reach one direct reply-to consumer.
+const REPLY_TO_PREFIX: &str = "amq.rabbitmq.reply-to.";
 /// The default exchange's name in permission checks.
 const DEFAULT_EXCHANGE_RESOURCE: &str = "amq.default";
 /// Largest message body accepted (RabbitMQ 3.10's default `max_message_size`).
@@ -67,6 +71,24 @@ pub struct Ctx {
     pub config: AmqpConfig,
     /// The client understands server-sent `basic.cancel`.
     pub consumer_cancel_notify: bool,
+    /// Direct reply-to consumers of the listener.
+    pub replies: Arc<Replies>,
+}
+
+/// Direct reply-to consumers (RabbitMQ's `amq.rabbitmq.reply-to`) of every connection,
+/// by token: a reply published to `amq.rabbitmq.reply-to.<token>` on the default exchange
+/// goes straight to the consumer's channel, through no queue.
+#[derive(Debug, Default)]
+pub struct Replies {
+    consumers: Mutex<HashMap<String, ReplyConsumer>>,
+}
+
+#[derive(Debug, Clone)]
+struct ReplyConsumer {
+    out: mpsc::Sender<Out>,
+    channel: u16,
+    tag: Arc<str>,
+    shared: Arc<Shared>,
 }
 
 impl Ctx {
@@ -140,6 +162,22 @@ struct Content {
     rest: BytesMut,
 }
 
+/// A publisher confirm: from the core, or known at once (direct reply-to).
+#[derive(Debug)]
+enum Pending {
+    Core(Confirm),
+    Ready(bool),
+}
+
+impl Pending {
+    async fn wait(self) -> AmqpResult<bool> {
+        match self {
+            Pending::Core(confirm) => Ok(confirm.wait().await?),
+            Pending::Ready(ack) => Ok(ack),
+        }
+    }
+}
+
 /// A publish held until `tx.commit`.
 #[derive(Debug)]
 struct TxPublish {
@@ -163,7 +201,7 @@ struct Tx {
 #[derive(Debug)]
 struct Confirms {
     last_seq: u64,
-    queue: mpsc::Sender<(u64, Confirm)>,
+    queue: mpsc::Sender<(u64, Pending)>,
     task: JoinHandle<()>,
 }
 
@@ -183,6 +221,8 @@ pub struct Channel {
     consumer_prefetch: u16,
     /// Recently allowed (access, kind, name) checks.
     allowed: Vec<(Access, ResourceKind, String)>,
+    /// This channel's direct reply-to consumer: its token and tag.
+    reply: Option<(String, Arc<str>)>,
 }
 
 impl Channel {
@@ -198,6 +238,7 @@ impl Channel {
             last_queue: None,
             consumer_prefetch: 0,
             allowed: Vec::new(),
+            reply: None,
         }
     }
 
@@ -532,6 +573,16 @@ impl Channel {
                 ));
             }
         }
+        let mut properties = properties;
+        if properties.reply_to.as_deref() == Some(REPLY_TO) {
+            let Some((token, _)) = &self.reply else {
+                return Err(AmqpError::channel(
+                    PRECONDITION_FAILED,
+                    "fast reply consumer does not exist",
+                ));
+            };
+            properties.reply_to = Some(format!("{REPLY_TO_PREFIX}{token}"));
+        }
         if let Some(user_id) = &properties.user_id {
             if *user_id != ctx.user.name {
                 return Err(AmqpError::channel(
@@ -566,10 +617,17 @@ impl Channel {
     }
 
     /// Routes one message; sends `basic.return` when mandatory and unroutable.
-    async fn route(&self, ctx: &Ctx, message: Message, mandatory: bool) -> AmqpResult<Confirm> {
+    async fn route(&self, ctx: &Ctx, message: Message, mandatory: bool) -> AmqpResult<Pending> {
         let returned = mandatory.then(|| message.clone());
-        let routed = ctx.vhost.publish(message)?;
-        if routed.queues == 0 {
+        let (routed, confirm) = match direct_reply(ctx, &message) {
+            Some(consumer) => (deliver_reply(consumer, message).await, Pending::Ready(true)),
+            None if is_reply_key(&message) => (false, Pending::Ready(true)),
+            None => {
+                let routed = ctx.vhost.publish(message)?;
+                (routed.queues > 0, Pending::Core(routed.confirm))
+            }
+        };
+        if !routed {
             if let Some(message) = returned {
                 let method = AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
                     reply_code: NO_ROUTE,
@@ -580,7 +638,7 @@ impl Channel {
                 ctx.send_content(self.id, method, &message).await?;
             }
         }
-        Ok(routed.confirm)
+        Ok(confirm)
     }
 
     async fn get(&mut self, ctx: &Arc<Ctx>, g: basic::Get) -> AmqpResult<()> {
@@ -617,6 +675,9 @@ impl Channel {
     }
 
     async fn consume(&mut self, ctx: &Arc<Ctx>, c: basic::Consume) -> AmqpResult<()> {
+        if c.queue.as_str() == REPLY_TO {
+            return self.consume_replies(ctx, c).await;
+        }
         let name = self.queue_name(c.queue.as_str())?;
         self.check(ctx, Access::Read, ResourceKind::Queue, &name)?;
         let queue = ctx.vhost.queue(&name, ctx.conn)?;
@@ -704,10 +765,62 @@ impl Channel {
         Ok(())
     }
 
+    /// `basic.consume` of the direct reply-to pseudo-queue (no-ack only, one per channel).
+    async fn consume_replies(&mut self, ctx: &Arc<Ctx>, c: basic::Consume) -> AmqpResult<()> {
+        if !c.no_ack {
+            return Err(AmqpError::channel(
+                PRECONDITION_FAILED,
+                "reply consumer cannot acknowledge",
+            ));
+        }
+        if self.reply.is_some() {
+            return Err(AmqpError::channel(
+                PRECONDITION_FAILED,
+                "reply consumer already set",
+            ));
+        }
+        let tag: Arc<str> = if c.consumer_tag.as_str().is_empty() {
+            Arc::from(format!("amq.ctag-{}", uuid::Uuid::new_v4().simple()))
+        } else {
+            Arc::from(c.consumer_tag.as_str())
+        };
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        if !c.nowait {
+            ctx.send_method(
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                    consumer_tag: short(&tag),
+                })),
+            )
+            .await?;
+        }
+        ctx.replies.consumers.lock().insert(
+            token.clone(),
+            ReplyConsumer {
+                out: ctx.out.clone(),
+                channel: self.id,
+                tag: tag.clone(),
+                shared: self.shared.clone(),
+            },
+        );
+        self.reply = Some((token, tag));
+        Ok(())
+    }
+
+    /// Forgets this channel's direct reply-to consumer.
+    fn drop_replies(&mut self, ctx: &Ctx) {
+        if let Some((token, _)) = self.reply.take() {
+            ctx.replies.consumers.lock().remove(&token);
+        }
+    }
+
     /// Cancels a consumer (if it exists): its task stops, the queue forgets it; its unacked
     /// deliveries stay on the channel.
     async fn cancel(&mut self, ctx: &Ctx, tag: &str) {
-        let _ = ctx;
+        if self.reply.as_ref().is_some_and(|(_, t)| &**t == tag) {
+            self.drop_replies(ctx);
+            return;
+        }
         let entry = {
             let mut state = self.shared.state.lock();
             state.book.remove_consumer(tag);
@@ -1025,7 +1138,8 @@ impl Channel {
 
     /// Closes the channel's work: consumers stop and leave their queues, unacked
     /// deliveries go back to their queues (flagged redelivered), confirms stop.
-    pub async fn shutdown(&mut self) {
+    pub async fn shutdown(&mut self, ctx: &Ctx) {
+        self.drop_replies(ctx);
         self.content = None;
         self.tx = None;
         if let Some(confirms) = self.confirms.take() {
@@ -1085,6 +1199,49 @@ impl Channel {
             Some(requeue) => reject_all(entries, requeue),
         }
     }
+}
+
+/// Whether a message is addressed to a direct reply-to consumer.
+fn is_reply_key(message: &Message) -> bool {
+    message.exchange.is_empty() && message.routing_key.starts_with(REPLY_TO_PREFIX)
+}
+
+/// The direct reply-to consumer a message is addressed to, if it exists.
+fn direct_reply(ctx: &Ctx, message: &Message) -> Option<ReplyConsumer> {
+    if !is_reply_key(message) {
+        return None;
+    }
+    let token = &message.routing_key[REPLY_TO_PREFIX.len()..];
+    ctx.replies.consumers.lock().get(token).cloned()
+}
+
+/// Delivers a reply straight to its consumer's channel; `false` if it is gone.
+async fn deliver_reply(consumer: ReplyConsumer, message: Message) -> bool {
+    let tag = consumer.shared.state.lock().book.next_tag();
+    let method = AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+        consumer_tag: short(&consumer.tag),
+        delivery_tag: tag,
+        redelivered: false,
+        exchange: short(&message.exchange),
+        routing_key: short(&message.routing_key),
+    }));
+    let Ok(head) = content_head(
+        consumer.channel,
+        method,
+        properties_to_wire(&message.properties),
+        message.body.len() as u64,
+    ) else {
+        return false;
+    };
+    consumer
+        .out
+        .send(Out::Content {
+            channel: consumer.channel,
+            head,
+            body: message.body,
+        })
+        .await
+        .is_ok()
 }
 
 /// Groups deliveries by queue, in order.
@@ -1241,7 +1398,7 @@ async fn consumer_task(t: ConsumerTask) {
 }
 
 /// Awaits confirms in sequence order and sends them, coalesced.
-async fn confirm_task(ctx: Arc<Ctx>, channel: u16, mut queue: mpsc::Receiver<(u64, Confirm)>) {
+async fn confirm_task(ctx: Arc<Ctx>, channel: u16, mut queue: mpsc::Receiver<(u64, Pending)>) {
     let mut batch = Vec::with_capacity(CONFIRM_BATCH);
     let mut outcomes = Vec::with_capacity(CONFIRM_BATCH);
     while queue.recv_many(&mut batch, CONFIRM_BATCH).await > 0 {

@@ -154,6 +154,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                 out: out.clone(),
                 config: shared.config.clone(),
                 consumer_cancel_notify: open.consumer_cancel_notify,
+                replies: shared.replies.clone(),
             });
             let mut conn = Connection {
                 ctx,
@@ -170,7 +171,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             let end = conn.run(&mut reader, &mut writer_task).await;
             let end = conn.finish(end, &mut reader).await;
             for channel in conn.channels.values_mut() {
-                channel.shutdown().await;
+                channel.shutdown(&conn.ctx).await;
             }
             shared.broker.vhosts().connection_closed(id);
             end
@@ -456,11 +457,10 @@ fn start() -> connection::Start {
         "consumer_priorities",
         "authentication_failure_close",
         "per_consumer_qos",
+        "direct_reply_to",
     ] {
         caps.insert(short(cap), AMQPValue::Boolean(true));
     }
-    // Direct reply-to (`amq.rabbitmq.reply-to`) is not implemented.
-    caps.insert(short("direct_reply_to"), AMQPValue::Boolean(false));
     let mut props = WireTable::default();
     let text = |s: &str| AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()));
     props.insert(short("product"), text("Ferry"));
@@ -755,7 +755,7 @@ impl Connection {
             )),
             AMQPClass::Channel(channel::AMQPMethod::Close(_)) => {
                 if let Some(mut channel) = self.channels.remove(&id) {
-                    channel.shutdown().await;
+                    channel.shutdown(&self.ctx).await;
                 }
                 send(
                     &self.ctx.out,
@@ -839,7 +839,7 @@ impl Connection {
         };
         debug!(channel = id, %error, "closing AMQP channel");
         channel.closing = true;
-        channel.shutdown().await;
+        channel.shutdown(&self.ctx).await;
         send(
             &self.ctx.out,
             id,
@@ -858,7 +858,7 @@ impl Connection {
         if let End::Close(error) = &end {
             // Consumers stop first so that no delivery follows connection.close.
             for channel in self.channels.values_mut() {
-                channel.shutdown().await;
+                channel.shutdown(&self.ctx).await;
             }
             send_close(&self.ctx.out, error).await;
             await_close_ok(reader, self.frame_max).await;

@@ -82,6 +82,7 @@ pub async fn serve(
         broker,
         config,
         shutdown: stopping,
+        replies: Arc::default(),
     });
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "AMQP listener accepting connections");
@@ -143,4 +144,6 @@ struct Shared {
     config: AmqpConfig,
     /// Flips to `true` when shutdown starts: connections close with CONNECTION_FORCED.
     shutdown: watch::Receiver<bool>,
+    /// Direct reply-to consumers of every connection.
+    replies: Arc<channel::Replies>,
 }

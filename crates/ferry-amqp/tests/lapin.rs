@@ -329,3 +329,50 @@ async fn errors_close_the_channel_with_rabbitmq_texts() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_queue_cancels_its_consumers() {
+    bounded(async {
+        let server = Server::start().await;
+        let conn = server.connect().await;
+        let ch = conn.create_channel().await.expect("channel");
+        ch.queue_declare(
+            "doomed".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare");
+        let mut consumer = ch
+            .basic_consume(
+                "doomed".into(),
+                "watcher".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        let other = conn.create_channel().await.expect("channel");
+        other
+            .queue_delete("doomed".into(), Default::default())
+            .await
+            .expect("delete");
+        // lapin advertises consumer_cancel_notify: the server's basic.cancel ends the stream.
+        let end = std::future::poll_fn(|cx| Pin::new(&mut consumer).poll_next(cx)).await;
+        assert!(
+            end.is_none(),
+            "the consumer stream ends on a server-sent cancel"
+        );
+        // The channel itself stays usable.
+        ch.queue_declare(
+            "".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("channel still open");
+        conn.close(200, "bye".into()).await.expect("close");
+        server.stop().await;
+    })
+    .await;
+}

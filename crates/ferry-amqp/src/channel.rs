@@ -41,6 +41,8 @@ pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 const REPLY_TO_PREFIX: &str = "amq.rabbitmq.reply-to.";
 /// The default exchange's name in permission checks.
 const DEFAULT_EXCHANGE_RESOURCE: &str = "amq.default";
+/// Body frames at least this large become message bodies without a copy.
+const ZERO_COPY_BODY_BYTES: usize = 16 << 10;
 /// Largest message body accepted (RabbitMQ 3.10's default `max_message_size`).
 pub const MAX_MESSAGE_BYTES: u64 = 128 << 20;
 /// Publisher confirms awaiting their answer per channel before the publisher is paused.
@@ -514,6 +516,11 @@ impl Channel {
             ));
         }
         match content.first.take() {
+            // A small body is copied out of the connection's read buffer so that a queued
+            // message does not keep the whole buffer chunk it arrived in alive.
+            None if content.rest.is_empty() && body.len() < ZERO_COPY_BODY_BYTES => {
+                content.first = Some(Bytes::copy_from_slice(&body))
+            }
             None if content.rest.is_empty() => content.first = Some(body),
             None => content.rest.extend_from_slice(&body),
             Some(first) => {

@@ -9,11 +9,38 @@
 //! delivery tags, prefetch credit, publisher-confirm sequence numbers, `tx` buffers — lives
 //! here; every queue and routing rule lives in the core.
 
+mod book;
+mod channel;
+pub mod codec;
+mod connection;
+mod convert;
+pub mod error;
+mod writer;
+
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ferry_core::Broker;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+/// RabbitMQ's default `frame_max`.
+pub const DEFAULT_FRAME_MAX: u32 = 131_072;
+/// RabbitMQ's default `channel_max`.
+pub const DEFAULT_CHANNEL_MAX: u16 = 2047;
+/// RabbitMQ's default heartbeat, in seconds.
+pub const DEFAULT_HEARTBEAT_S: u16 = 60;
+/// RabbitMQ's default consumer acknowledgement timeout (30 minutes), in milliseconds.
+pub const DEFAULT_CONSUMER_TIMEOUT_MS: u64 = 30 * 60 * 1000;
+/// Default cap on concurrent client connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Longest wait at shutdown for connections to finish their close handshake.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Pause after a failed `accept` (e.g. out of file descriptors), so as not to spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Settings of the AMQP listener.
 #[derive(Clone, Debug)]
@@ -26,15 +53,18 @@ pub struct AmqpConfig {
     pub heartbeat_s: u16,
     /// Default consumer acknowledgement timeout (RabbitMQ: 30 min), milliseconds.
     pub consumer_timeout_ms: u64,
+    /// Connections beyond this many are closed on accept.
+    pub max_connections: usize,
 }
 
 impl Default for AmqpConfig {
     fn default() -> Self {
         AmqpConfig {
-            frame_max: 131_072,
-            channel_max: 2047,
-            heartbeat_s: 60,
-            consumer_timeout_ms: 30 * 60 * 1000,
+            frame_max: DEFAULT_FRAME_MAX,
+            channel_max: DEFAULT_CHANNEL_MAX,
+            heartbeat_s: DEFAULT_HEARTBEAT_S,
+            consumer_timeout_ms: DEFAULT_CONSUMER_TIMEOUT_MS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -47,6 +77,73 @@ pub async fn serve(
     config: AmqpConfig,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let _ = (listener, broker, config, shutdown);
-    todo!("amqp adapter")
+    let (stop, stopping) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        broker,
+        config,
+        shutdown: stopping,
+        replies: Arc::default(),
+    });
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "AMQP listener accepting connections");
+    }
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(finished) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(error) = finished {
+                    if error.is_panic() {
+                        tracing::error!(%error, "an AMQP connection task panicked");
+                    }
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    if connections.len() >= shared.config.max_connections {
+                        warn!(%peer, limit = shared.config.max_connections,
+                            "closing new AMQP connection: connection limit reached");
+                        drop(stream);
+                        continue;
+                    }
+                    connections.spawn(connection::serve(stream, peer, shared.clone()));
+                }
+                Err(error) => {
+                    warn!(%error, "accepting an AMQP connection failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    info!(
+        connections = connections.len(),
+        "AMQP listener stopped accepting; closing connections"
+    );
+    let _ = stop.send(true);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            connections = connections.len(),
+            "AMQP connections still open after the shutdown grace period; dropping them"
+        );
+        connections.shutdown().await;
+    }
+    info!("AMQP listener stopped");
+    Ok(())
+}
+
+/// What every connection of one listener shares.
+#[derive(Debug)]
+struct Shared {
+    broker: Arc<Broker>,
+    config: AmqpConfig,
+    /// Flips to `true` when shutdown starts: connections close with CONNECTION_FORCED.
+    shutdown: watch::Receiver<bool>,
+    /// Direct reply-to consumers of every connection.
+    replies: Arc<channel::Replies>,
 }

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::{GroupsLayer, HttpLayer, KafkaLayer, Layer, TopicValue, FLUSH_MODE_KEY};
+use crate::config::{
+    AmqpLayer, GroupsLayer, HttpLayer, KafkaLayer, Layer, TopicValue, FLUSH_MODE_KEY,
+};
 
 /// Default broker address of the command-line tools.
 pub const DEFAULT_BOOTSTRAP: &str = "localhost:9092";
@@ -72,6 +74,12 @@ pub struct ServeArgs {
     /// Address given to Kafka clients [default: listen host, or localhost] [env: FERRY_KAFKA_ADVERTISED]
     #[arg(long, value_name = "HOST:PORT")]
     pub kafka_advertised: Option<String>,
+    /// AMQP 0-9-1 listen address [default: 0.0.0.0:5672] [env: FERRY_AMQP_LISTEN]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub amqp_listen: Option<String>,
+    /// Do not serve AMQP 0-9-1 [env: FERRY_AMQP_ENABLED=false]
+    #[arg(long)]
+    pub no_amqp: bool,
     /// Do not create topics on first use [env: FERRY_AUTO_CREATE_TOPICS=false]
     #[arg(long)]
     pub no_auto_create_topics: bool,
@@ -127,6 +135,11 @@ impl ServeArgs {
                 listen: self.kafka_listen.clone(),
                 advertised: self.kafka_advertised.clone(),
                 ..KafkaLayer::default()
+            },
+            amqp: AmqpLayer {
+                enabled: self.no_amqp.then_some(false),
+                listen: self.amqp_listen.clone(),
+                ..AmqpLayer::default()
             },
             topic_defaults,
             groups: GroupsLayer {

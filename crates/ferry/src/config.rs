@@ -33,6 +33,20 @@
 //! # Largest request accepted, in bytes.
 //! max_request_bytes = 104857600
 //!
+//! [amqp]
+//! # Serve AMQP 0-9-1 (RabbitMQ clients).
+//! enabled = true
+//! # Address to listen on.
+//! listen = "0.0.0.0:5672"
+//! # Largest frame offered in connection.tune, in bytes (at least 4096).
+//! frame_max = 131072
+//! # Most channels per connection offered in connection.tune.
+//! channel_max = 2047
+//! # Heartbeat interval offered, in seconds; 0 disables heartbeats.
+//! heartbeat_s = 60
+//! # Consumer acknowledgement timeout, in milliseconds (a queue's x-consumer-timeout wins).
+//! consumer_timeout_ms = 1800000
+//!
 //! # Broker-wide defaults of topic configs, with Kafka's key names; a topic's own
 //! # configs override them. Ferry's own key: flush.mode = "async" | "sync".
 //! [topic_defaults]
@@ -88,7 +102,8 @@
 //! `FERRY_CONFIG`, `FERRY_DATA_DIR`, `FERRY_NODE_ID`, `FERRY_LOG_LEVEL`,
 //! `FERRY_AUTO_CREATE_TOPICS`, `FERRY_DEFAULT_PARTITIONS`,
 //! `FERRY_RETENTION_CHECK_INTERVAL_MS`, `FERRY_KAFKA_ENABLED`, `FERRY_KAFKA_LISTEN`,
-//! `FERRY_KAFKA_ADVERTISED`, `FERRY_KAFKA_MAX_REQUEST_BYTES`, `FERRY_FLUSH_MODE`
+//! `FERRY_KAFKA_ADVERTISED`, `FERRY_KAFKA_MAX_REQUEST_BYTES`, `FERRY_AMQP_ENABLED`,
+//! `FERRY_AMQP_LISTEN`, `FERRY_FLUSH_MODE`
 //! (sets `topic_defaults."flush.mode"`), `FERRY_GROUP_MIN_SESSION_TIMEOUT_MS`,
 //! `FERRY_GROUP_MAX_SESSION_TIMEOUT_MS`, `FERRY_GROUP_INITIAL_REBALANCE_DELAY_MS`,
 //! `FERRY_HTTP_ENABLED`, `FERRY_HTTP_LISTEN`, `FERRY_MEMORY_HIGH_WATERMARK_BYTES`,
@@ -107,6 +122,10 @@ use serde::Deserialize;
 pub const DEFAULT_DATA_DIR: &str = "./ferry-data";
 /// Default Kafka listen address.
 pub const DEFAULT_KAFKA_LISTEN: &str = "0.0.0.0:9092";
+/// Default AMQP listen address.
+pub const DEFAULT_AMQP_LISTEN: &str = "0.0.0.0:5672";
+/// Smallest `amqp.frame_max` (AMQP's frame-min-size as RabbitMQ applies it).
+pub const MIN_AMQP_FRAME_MAX: u32 = 4096;
 /// Default largest Kafka request (Kafka's `socket.request.max.bytes`).
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = ferry_kafka::server::DEFAULT_MAX_REQUEST_BYTES;
 /// Smallest `max_request_bytes` accepted: below this not even metadata requests fit.
@@ -283,6 +302,18 @@ pub struct AmqpPermission {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpLayer {
+    /// Serve AMQP (default true).
+    pub enabled: Option<bool>,
+    /// `host:port` to listen on (default `0.0.0.0:5672`).
+    pub listen: Option<String>,
+    /// Largest frame offered, in bytes (default 131072).
+    pub frame_max: Option<u32>,
+    /// Most channels per connection offered (default 2047).
+    pub channel_max: Option<u16>,
+    /// Heartbeat offered, in seconds (default 60; 0 disables).
+    pub heartbeat_s: Option<u16>,
+    /// Consumer acknowledgement timeout, in ms (default 30 minutes).
+    pub consumer_timeout_ms: Option<u64>,
     // ---- definitions (users, vhosts, permissions) ----
     /// Users that may log in only from loopback (default `["guest"]`).
     pub loopback_users: Option<Vec<String>>,
@@ -400,6 +431,10 @@ impl Layer {
                 "FERRY_KAFKA_MAX_REQUEST_BYTES" => {
                     layer.kafka.max_request_bytes = Some(parse_num(&value).map_err(|r| bad(&r))?)
                 }
+                "FERRY_AMQP_ENABLED" => {
+                    layer.amqp.enabled = Some(parse_bool(&value).map_err(|r| bad(&r))?)
+                }
+                "FERRY_AMQP_LISTEN" => layer.amqp.listen = Some(value.clone()),
                 "FERRY_FLUSH_MODE" => {
                     layer
                         .topic_defaults
@@ -459,6 +494,15 @@ impl Layer {
             &mut self.kafka.max_request_bytes,
             over.kafka.max_request_bytes,
         );
+        take(&mut self.amqp.enabled, over.amqp.enabled);
+        take(&mut self.amqp.listen, over.amqp.listen);
+        take(&mut self.amqp.frame_max, over.amqp.frame_max);
+        take(&mut self.amqp.channel_max, over.amqp.channel_max);
+        take(&mut self.amqp.heartbeat_s, over.amqp.heartbeat_s);
+        take(
+            &mut self.amqp.consumer_timeout_ms,
+            over.amqp.consumer_timeout_ms,
+        );
         self.topic_defaults.extend(over.topic_defaults);
         take(
             &mut self.groups.min_session_timeout_ms,
@@ -509,6 +553,23 @@ pub struct KafkaSettings {
     pub max_request_bytes: usize,
 }
 
+/// The AMQP listener's resolved settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AmqpSettings {
+    /// Whether to serve AMQP at all.
+    pub enabled: bool,
+    /// Address to bind, as given (`host:port`).
+    pub listen: String,
+    /// Largest frame offered.
+    pub frame_max: u32,
+    /// Most channels per connection.
+    pub channel_max: u16,
+    /// Heartbeat offered, in seconds.
+    pub heartbeat_s: u16,
+    /// Default consumer acknowledgement timeout, in ms.
+    pub consumer_timeout_ms: u64,
+}
+
 /// The HTTP listener's resolved settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpSettings {
@@ -535,6 +596,8 @@ pub struct Settings {
     pub retention_check_interval_ms: u64,
     /// The Kafka listener.
     pub kafka: KafkaSettings,
+    /// The AMQP listener.
+    pub amqp: AmqpSettings,
     /// Broker defaults of topic configs, as text.
     pub topic_defaults: BTreeMap<String, String>,
     /// Group coordinator settings.
@@ -658,6 +721,38 @@ impl Settings {
             ));
         }
 
+        let amqp_defaults = ferry_amqp::AmqpConfig::default();
+        let amqp_listen = layer
+            .amqp
+            .listen
+            .unwrap_or_else(|| DEFAULT_AMQP_LISTEN.to_owned());
+        split_host_port(&amqp_listen).map_err(|reason| invalid("amqp.listen", reason))?;
+        let frame_max = layer.amqp.frame_max.unwrap_or(amqp_defaults.frame_max);
+        if frame_max < MIN_AMQP_FRAME_MAX {
+            return Err(invalid(
+                "amqp.frame_max",
+                format!("{frame_max} is below {MIN_AMQP_FRAME_MAX}"),
+            ));
+        }
+        let channel_max = layer.amqp.channel_max.unwrap_or(amqp_defaults.channel_max);
+        if channel_max == 0 {
+            return Err(invalid("amqp.channel_max", "must be at least 1"));
+        }
+        let consumer_timeout_ms = layer
+            .amqp
+            .consumer_timeout_ms
+            .unwrap_or(amqp_defaults.consumer_timeout_ms);
+        if consumer_timeout_ms == 0 {
+            return Err(invalid("amqp.consumer_timeout_ms", "must be positive"));
+        }
+        let amqp = AmqpSettings {
+            enabled: layer.amqp.enabled.unwrap_or(true),
+            listen: amqp_listen,
+            frame_max,
+            channel_max,
+            heartbeat_s: layer.amqp.heartbeat_s.unwrap_or(amqp_defaults.heartbeat_s),
+            consumer_timeout_ms,
+        };
         let http_listen = layer
             .http
             .listen
@@ -723,6 +818,7 @@ impl Settings {
                 advertised,
                 max_request_bytes,
             },
+            amqp,
             topic_defaults: layer
                 .topic_defaults
                 .into_iter()
@@ -851,6 +947,12 @@ mod tests {
         assert_eq!(s.data_dir, PathBuf::from("./ferry-data"));
         assert_eq!(s.kafka.listen, "0.0.0.0:9092");
         assert!(s.kafka.enabled);
+        assert_eq!(s.amqp.listen, "0.0.0.0:5672");
+        assert!(s.amqp.enabled);
+        assert_eq!(s.amqp.frame_max, 131_072);
+        assert_eq!(s.amqp.channel_max, 2047);
+        assert_eq!(s.amqp.heartbeat_s, 60);
+        assert_eq!(s.amqp.consumer_timeout_ms, 1_800_000);
         assert!(s.auto_create_topics);
         assert_eq!(s.default_partitions, 1);
         assert_eq!(s.node_id, 0);
@@ -880,6 +982,10 @@ mod tests {
             "cleanup.policy" = "delete"
             [groups]
             min_session_timeout_ms = 1000
+            [amqp]
+            listen = "127.0.0.1:5000"
+            frame_max = 8192
+            consumer_timeout_ms = 2000
             "#,
         );
         let (e, unknown) = Layer::from_env(env(&[
@@ -887,6 +993,8 @@ mod tests {
             ("FERRY_DEFAULT_PARTITIONS", "5"),
             ("FERRY_FLUSH_MODE", "async"),
             ("FERRY_KAFKA_LISTEN", "127.0.0.1:2000"),
+            ("FERRY_AMQP_LISTEN", "127.0.0.1:6000"),
+            ("FERRY_AMQP_ENABLED", "no"),
             ("FERRY_BOOTSTRAP", "ignored:1"),
             ("FERRY_DATADIR", "typo"),
             ("HOME", "/root"),
@@ -904,6 +1012,10 @@ mod tests {
         assert_eq!(s.kafka.listen, "127.0.0.1:2000");
         assert_eq!(s.kafka.max_request_bytes, 1_048_576);
         assert_eq!(s.groups.min_session_timeout_ms, 1000);
+        assert_eq!(s.amqp.listen, "127.0.0.1:6000"); // env beats file
+        assert!(!s.amqp.enabled);
+        assert_eq!(s.amqp.frame_max, 8192);
+        assert_eq!(s.amqp.consumer_timeout_ms, 2000);
         assert_eq!(
             s.topic_defaults.get("flush.mode").map(String::as_str),
             Some("async")
@@ -1024,6 +1136,26 @@ mod tests {
                     ..Layer::default()
                 },
                 "groups.max_session_timeout_ms",
+            ),
+            (
+                Layer {
+                    amqp: AmqpLayer {
+                        frame_max: Some(1024),
+                        ..AmqpLayer::default()
+                    },
+                    ..Layer::default()
+                },
+                "amqp.frame_max",
+            ),
+            (
+                Layer {
+                    amqp: AmqpLayer {
+                        listen: Some("5672".into()),
+                        ..AmqpLayer::default()
+                    },
+                    ..Layer::default()
+                },
+                "amqp.listen",
             ),
             (
                 Layer {

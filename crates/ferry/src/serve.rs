@@ -1,6 +1,6 @@
-//! `ferry serve`: load the configuration, open the broker, run the Kafka and HTTP
-//! listeners, and on SIGINT or SIGTERM stop accepting, let in-flight requests finish,
-//! flush and exit 0.
+//! `ferry serve`: load the configuration, open the broker, run the Kafka, AMQP and HTTP
+//! listeners, and on SIGINT or SIGTERM stop accepting, let in-flight requests finish
+//! (AMQP connections are closed with 320 CONNECTION_FORCED), flush and exit 0.
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use ferry_amqp::AmqpConfig;
 use ferry_core::Broker;
 use ferry_kafka::server::KafkaConfig;
 use tokio::net::TcpListener;
@@ -52,46 +53,33 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    let listener = match start_kafka(&settings, &broker, &data_dir).await {
-        Ok(listener) => listener,
-        Err(e) => {
-            // Dropping `http` stops that listener.
-            drop(http);
-            flush(&broker).await?;
-            return Err(e);
+    let mut listeners = Vec::new();
+    let started = async {
+        if let Some(kafka) = start_kafka(&settings, &broker, &data_dir).await? {
+            listeners.push(kafka);
         }
-    };
+        if let Some(amqp) = start_amqp(&settings, &broker).await? {
+            listeners.push(amqp);
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = started {
+        for listener in &listeners {
+            listener.task.abort();
+        }
+        // Dropping `http` stops that listener.
+        drop(http);
+        flush(&broker).await?;
+        return Err(e);
+    }
 
-    let served = match listener {
-        Some(KafkaListener { stop, mut task }) => {
-            tokio::select! {
-                name = signals.recv() => {
-                    info!("received {name}: no new connections, finishing in-flight requests");
-                    // The listener may already be gone; then there is nothing to stop.
-                    let _ = stop.send(());
-                    tokio::select! {
-                        result = &mut task => joined(result),
-                        name = signals.recv() => {
-                            warn!("received {name} again: dropping in-flight requests");
-                            task.abort();
-                            Ok(())
-                        }
-                    }
-                }
-                result = &mut task => {
-                    let result = joined(result);
-                    if let Err(e) = &result {
-                        error!("Kafka listener failed: {e:#}");
-                    }
-                    result
-                }
-            }
-        }
-        None => {
-            let name = signals.recv().await;
-            info!("received {name}, shutting down");
-            Ok(())
-        }
+    let served = if listeners.is_empty() {
+        let name = signals.recv().await;
+        info!("received {name}, shutting down");
+        Ok(())
+    } else {
+        serve_until_signal(listeners, &mut signals).await
     };
     if let Some(http) = http {
         http.stop().await;
@@ -102,10 +90,78 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A running Kafka listener and the way to stop it.
-struct KafkaListener {
+/// A running listener and the way to stop it.
+struct Listener {
+    name: &'static str,
     stop: oneshot::Sender<()>,
     task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Runs the listeners until a signal (then stops them all and waits for them; a second
+/// signal drops in-flight work) or until one of them fails (then stops the others).
+async fn serve_until_signal(listeners: Vec<Listener>, signals: &mut Signals) -> anyhow::Result<()> {
+    let mut stops = Vec::new();
+    let mut tasks = Vec::new();
+    for listener in listeners {
+        stops.push(listener.stop);
+        tasks.push((listener.name, listener.task));
+    }
+    let first_end = {
+        let ended = first_to_finish(&mut tasks);
+        tokio::select! {
+            name = signals.recv() => {
+                info!("received {name}: no new connections, finishing in-flight requests");
+                None
+            }
+            (index, result) = ended => Some((index, result)),
+        }
+    };
+    let mut outcome = Ok(());
+    if let Some((index, result)) = first_end {
+        let (name, _) = tasks.remove(index);
+        if let Err(e) = joined(name, result) {
+            error!("{name} listener failed: {e:#}");
+            outcome = Err(e);
+        }
+    }
+    // The listeners may already be gone; then there is nothing to stop.
+    for stop in stops {
+        let _ = stop.send(());
+    }
+    for (name, mut task) in tasks {
+        tokio::select! {
+            result = &mut task => {
+                if let Err(e) = joined(name, result) {
+                    error!("{name} listener failed: {e:#}");
+                    if outcome.is_ok() {
+                        outcome = Err(e);
+                    }
+                }
+            }
+            signal = signals.recv() => {
+                warn!("received {signal} again: dropping in-flight requests");
+                task.abort();
+            }
+        }
+    }
+    outcome
+}
+
+/// Waits for the first of `tasks` to finish: its index and result.
+async fn first_to_finish(
+    tasks: &mut [(&'static str, JoinHandle<anyhow::Result<()>>)],
+) -> (usize, Result<anyhow::Result<()>, tokio::task::JoinError>) {
+    std::future::poll_fn(|cx| {
+        for (index, (_, task)) in tasks.iter_mut().enumerate() {
+            if let std::task::Poll::Ready(result) =
+                std::future::Future::poll(std::pin::Pin::new(task), cx)
+            {
+                return std::task::Poll::Ready((index, result));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// Binds and starts the Kafka listener if it is enabled, and logs where it listens.
@@ -113,7 +169,7 @@ async fn start_kafka(
     settings: &Settings,
     broker: &Arc<Broker>,
     data_dir: &Path,
-) -> anyhow::Result<Option<KafkaListener>> {
+) -> anyhow::Result<Option<Listener>> {
     if !settings.kafka.enabled {
         info!("Kafka listener disabled, data in {}", data_dir.display());
         return Ok(None);
@@ -146,7 +202,49 @@ async fn start_kafka(
             let _ = stopped.await;
         },
     ));
-    Ok(Some(KafkaListener { stop, task }))
+    Ok(Some(Listener {
+        name: "Kafka",
+        stop,
+        task,
+    }))
+}
+
+/// Binds and starts the AMQP listener if it is enabled, and logs where it listens.
+async fn start_amqp(settings: &Settings, broker: &Arc<Broker>) -> anyhow::Result<Option<Listener>> {
+    let amqp = &settings.amqp;
+    if !amqp.enabled {
+        info!("AMQP listener disabled");
+        return Ok(None);
+    }
+    let listener = TcpListener::bind(&amqp.listen)
+        .await
+        .with_context(|| format!("cannot listen for AMQP on {}", amqp.listen))?;
+    let bound = listener
+        .local_addr()
+        .with_context(|| format!("cannot read the address bound for {}", amqp.listen))?;
+    info!("AMQP listener on {bound}");
+    let config = AmqpConfig {
+        frame_max: amqp.frame_max,
+        channel_max: amqp.channel_max,
+        heartbeat_s: amqp.heartbeat_s,
+        consumer_timeout_ms: amqp.consumer_timeout_ms,
+        ..AmqpConfig::default()
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(ferry_amqp::serve(
+        listener,
+        broker.clone(),
+        config,
+        async move {
+            // A dropped sender (we are unwinding) stops the listener too.
+            let _ = stopped.await;
+        },
+    ));
+    Ok(Some(Listener {
+        name: "AMQP",
+        stop,
+        task,
+    }))
 }
 
 /// A running HTTP listener (admin API, /metrics) and the way to stop it.
@@ -203,11 +301,14 @@ async fn start_http(
 }
 
 /// The listener task's result, a panic or cancellation included.
-fn joined(result: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
+fn joined(
+    name: &str,
+    result: Result<anyhow::Result<()>, tokio::task::JoinError>,
+) -> anyhow::Result<()> {
     match result {
         Ok(result) => result,
         Err(e) if e.is_cancelled() => Ok(()),
-        Err(e) => Err(anyhow::anyhow!("Kafka listener crashed: {e}")),
+        Err(e) => Err(anyhow::anyhow!("{name} listener crashed: {e}")),
     }
 }
 

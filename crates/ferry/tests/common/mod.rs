@@ -160,6 +160,13 @@ impl Broker {
         if http {
             args.extend(["--http-listen", "127.0.0.1:0"]);
         }
+        // Nor the default 0.0.0.0:5672 of the AMQP listener.
+        if !extra
+            .iter()
+            .any(|a| *a == "--no-amqp" || *a == "--amqp-listen")
+        {
+            args.extend(["--amqp-listen", "127.0.0.1:0"]);
+        }
         args.extend_from_slice(extra);
         let mut child = Command::new(FERRY)
             .args(&args)

@@ -1,0 +1,321 @@
+//! Channel bookkeeping that exists only in the protocol: delivery tags, the unacknowledged
+//! deliveries they name, prefetch credit (per consumer and channel-wide, as RabbitMQ 3.x's
+//! `basic.qos` global=false / global=true), and the coalescing of publisher confirms.
+//!
+//! Generic over the queue handle so it is unit-tested without a broker.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_core::queue::DeliveryId;
+
+/// One delivered, not yet settled message.
+#[derive(Clone, Debug)]
+pub struct Unacked<Q> {
+    /// The queue to ack or reject on.
+    pub queue: Q,
+    /// What to ack or reject.
+    pub id: DeliveryId,
+    /// The consumer whose credit it holds (`None` for `basic.get`).
+    pub consumer: Option<Arc<str>>,
+    /// When the consumer acknowledgement timeout fires.
+    pub deadline: Instant,
+    /// That timeout, for the error text.
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug)]
+struct Credit {
+    /// Most unacked deliveries (0: unlimited).
+    limit: u16,
+    /// Unacked plus reserved deliveries.
+    outstanding: u32,
+}
+
+/// Delivery tags, unacked deliveries and prefetch credit of one channel.
+#[derive(Debug)]
+pub struct DeliveryBook<Q> {
+    last_tag: u64,
+    unacked: BTreeMap<u64, Unacked<Q>>,
+    /// Channel-wide limit (`basic.qos` global=true) and its count.
+    global: Credit,
+    /// Per-consumer limits and counts, by consumer tag.
+    consumers: HashMap<Arc<str>, Credit>,
+}
+
+impl<Q> Default for DeliveryBook<Q> {
+    fn default() -> Self {
+        DeliveryBook {
+            last_tag: 0,
+            unacked: BTreeMap::new(),
+            global: Credit {
+                limit: 0,
+                outstanding: 0,
+            },
+            consumers: HashMap::new(),
+        }
+    }
+}
+
+impl<Q: Clone> DeliveryBook<Q> {
+    /// Sets the channel-wide prefetch limit.
+    pub fn set_global_limit(&mut self, limit: u16) {
+        self.global.limit = limit;
+    }
+
+    /// Registers a consumer with its prefetch limit (0: unlimited).
+    pub fn add_consumer(&mut self, tag: Arc<str>, limit: u16) {
+        self.consumers.insert(
+            tag,
+            Credit {
+                limit,
+                outstanding: 0,
+            },
+        );
+    }
+
+    /// Forgets a consumer's credit (its unacked deliveries stay, still ackable).
+    pub fn remove_consumer(&mut self, tag: &str) {
+        self.consumers.remove(tag);
+    }
+
+    /// Takes one unit of credit for `consumer` if both limits allow it.
+    pub fn try_reserve(&mut self, consumer: &str) -> bool {
+        let Some(credit) = self.consumers.get_mut(consumer) else {
+            return false;
+        };
+        let allows = |c: &Credit| c.limit == 0 || c.outstanding < u32::from(c.limit);
+        if !allows(credit) || !allows(&self.global) {
+            return false;
+        }
+        credit.outstanding += 1;
+        self.global.outstanding += 1;
+        true
+    }
+
+    /// Gives back a reservation that was not used.
+    pub fn release(&mut self, consumer: &str) {
+        if let Some(credit) = self.consumers.get_mut(consumer) {
+            credit.outstanding = credit.outstanding.saturating_sub(1);
+        }
+        self.global.outstanding = self.global.outstanding.saturating_sub(1);
+    }
+
+    /// The next delivery tag, without recording anything (no-ack deliveries).
+    pub fn next_tag(&mut self) -> u64 {
+        self.last_tag += 1;
+        self.last_tag
+    }
+
+    /// Records an unacked delivery (a consumer's reservation becomes it); its tag.
+    pub fn record(
+        &mut self,
+        queue: Q,
+        id: DeliveryId,
+        consumer: Option<Arc<str>>,
+        timeout_ms: u64,
+        now: Instant,
+    ) -> u64 {
+        let tag = self.next_tag();
+        self.unacked.insert(
+            tag,
+            Unacked {
+                queue,
+                id,
+                consumer,
+                deadline: now + Duration::from_millis(timeout_ms),
+                timeout_ms,
+            },
+        );
+        tag
+    }
+
+    /// Settles `tag` (and with `multiple` every tag below it; tag 0 with `multiple` is
+    /// everything), releasing credit. `None` if `tag` is not unacked: RabbitMQ's
+    /// `unknown delivery tag`.
+    pub fn take(&mut self, tag: u64, multiple: bool) -> Option<Vec<Unacked<Q>>> {
+        self.take_with_tags(tag, multiple)
+            .map(|taken| taken.into_iter().map(|(_, u)| u).collect())
+    }
+
+    /// [`DeliveryBook::take`], keeping each delivery's tag (a rolled-back transaction
+    /// puts them back with [`DeliveryBook::restore`]).
+    pub fn take_with_tags(&mut self, tag: u64, multiple: bool) -> Option<Vec<(u64, Unacked<Q>)>> {
+        let taken: Vec<u64> = if multiple && tag == 0 {
+            self.unacked.keys().copied().collect()
+        } else {
+            if !self.unacked.contains_key(&tag) {
+                return None;
+            }
+            if multiple {
+                self.unacked.range(..=tag).map(|(t, _)| *t).collect()
+            } else {
+                vec![tag]
+            }
+        };
+        let mut out = Vec::with_capacity(taken.len());
+        for t in taken {
+            if let Some(u) = self.unacked.remove(&t) {
+                self.release_for(&u);
+                out.push((t, u));
+            }
+        }
+        Some(out)
+    }
+
+    /// Settles everything (channel close, recover).
+    pub fn take_all(&mut self) -> Vec<Unacked<Q>> {
+        self.take(0, true).unwrap_or_default()
+    }
+
+    /// Puts back deliveries taken for a transaction that was rolled back.
+    pub fn restore(&mut self, tag: u64, entry: Unacked<Q>) {
+        if let Some(consumer) = &entry.consumer {
+            if let Some(credit) = self.consumers.get_mut(consumer) {
+                credit.outstanding += 1;
+            }
+            self.global.outstanding += 1;
+        }
+        self.unacked.insert(tag, entry);
+    }
+
+    fn release_for(&mut self, entry: &Unacked<Q>) {
+        if let Some(consumer) = &entry.consumer {
+            self.release(consumer);
+        }
+    }
+
+    /// The timeout (ms) of the oldest delivery whose acknowledgement is overdue.
+    pub fn overdue(&self, now: Instant) -> Option<u64> {
+        self.unacked
+            .values()
+            .find(|u| u.deadline <= now)
+            .map(|u| u.timeout_ms)
+    }
+
+    /// Unacked deliveries.
+    #[cfg(test)]
+    pub fn unacked_len(&self) -> usize {
+        self.unacked.len()
+    }
+}
+
+/// Sequence numbers and outcomes of publisher confirms as frames: runs of equal outcomes
+/// become one `multiple` frame. Input in sequence order, each `(seq, ack)`; output
+/// `(delivery_tag, multiple, ack)`.
+pub fn coalesce_confirms(outcomes: &[(u64, bool)]) -> Vec<(u64, bool, bool)> {
+    let mut frames = Vec::new();
+    let mut i = 0;
+    while i < outcomes.len() {
+        let (_, ack) = outcomes[i];
+        let mut j = i;
+        while j + 1 < outcomes.len() && outcomes[j + 1].1 == ack {
+            j += 1;
+        }
+        frames.push((outcomes[j].0, j > i, ack));
+        i = j + 1;
+    }
+    frames
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(offset: i64) -> DeliveryId {
+        DeliveryId { level: 0, offset }
+    }
+
+    #[test]
+    fn tags_acks_and_unknown_tags() {
+        let now = Instant::now();
+        let mut book: DeliveryBook<u8> = DeliveryBook::default();
+        let c: Arc<str> = Arc::from("c1");
+        book.add_consumer(c.clone(), 0);
+        let tags: Vec<u64> = (0..5)
+            .map(|i| {
+                assert!(book.try_reserve("c1"));
+                book.record(1, id(i), Some(c.clone()), 1000, now)
+            })
+            .collect();
+        assert_eq!(tags, vec![1, 2, 3, 4, 5]);
+        // Single ack.
+        let taken = book.take(2, false).expect("known");
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].id, id(1));
+        // Unknown (already acked) tag.
+        assert!(book.take(2, false).is_none());
+        assert!(
+            book.take(2, true).is_none(),
+            "multiple still needs the tag itself"
+        );
+        // Multiple up to 4: tags 1, 3, 4.
+        let taken = book.take(4, true).expect("known");
+        assert_eq!(
+            taken.iter().map(|u| u.id.offset).collect::<Vec<_>>(),
+            vec![0, 2, 3]
+        );
+        // multiple with tag 0: everything left.
+        assert_eq!(book.take(0, true).expect("all").len(), 1);
+        assert_eq!(book.unacked_len(), 0);
+        // A no-ack delivery takes a tag without being recorded.
+        assert_eq!(book.next_tag(), 6);
+        assert!(book.take(6, false).is_none());
+    }
+
+    #[test]
+    fn prefetch_per_consumer_and_global() {
+        let now = Instant::now();
+        let mut book: DeliveryBook<u8> = DeliveryBook::default();
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        book.add_consumer(a.clone(), 2);
+        book.add_consumer(b.clone(), 0);
+        book.set_global_limit(3);
+        assert!(book.try_reserve("a"));
+        assert!(book.try_reserve("a"));
+        assert!(!book.try_reserve("a"), "per-consumer limit 2");
+        assert!(book.try_reserve("b"));
+        assert!(!book.try_reserve("b"), "channel-wide limit 3");
+        book.release("b");
+        let t1 = book.record(0, id(1), Some(a.clone()), 10, now);
+        let _t2 = book.record(0, id(2), Some(a.clone()), 10, now);
+        assert!(book.try_reserve("b"));
+        // Acking one of a's frees a's and the channel's credit.
+        book.take(t1, false).expect("known");
+        assert!(book.try_reserve("a"));
+        assert!(!book.try_reserve("b"));
+        // Unknown consumers have no credit.
+        assert!(!book.try_reserve("zzz"));
+    }
+
+    #[test]
+    fn overdue_and_restore() {
+        let now = Instant::now();
+        let mut book: DeliveryBook<u8> = DeliveryBook::default();
+        let t = book.record(0, id(1), None, 50, now);
+        assert_eq!(book.overdue(now), None);
+        assert_eq!(book.overdue(now + Duration::from_millis(60)), Some(50));
+        let taken = book.take(t, false).expect("known");
+        assert_eq!(book.overdue(now + Duration::from_millis(60)), None);
+        for entry in taken {
+            book.restore(t, entry);
+        }
+        assert_eq!(book.unacked_len(), 1);
+        assert!(book.take(t, false).is_some());
+    }
+
+    #[test]
+    fn confirms_coalesce_in_order() {
+        assert_eq!(coalesce_confirms(&[]), vec![]);
+        assert_eq!(coalesce_confirms(&[(1, true)]), vec![(1, false, true)]);
+        assert_eq!(
+            coalesce_confirms(&[(1, true), (2, true), (3, true)]),
+            vec![(3, true, true)]
+        );
+        assert_eq!(
+            coalesce_confirms(&[(4, true), (5, false), (6, false), (7, true)]),
+            vec![(4, false, true), (6, true, false), (7, false, true)]
+        );
+    }
+}

@@ -880,3 +880,16 @@ class Cleanup:
         finally:
             with contextlib.suppress(pika.exceptions.AMQPError):
                 conn.close()
+
+
+def queue_exists(conn: pika.BlockingConnection, queue: str) -> bool:
+    """True if a passive declare of `queue` succeeds (on a throw-away channel)."""
+    ch = conn.channel()
+    try:
+        ch.queue_declare(queue, passive=True)
+    except pika.exceptions.ChannelClosedByBroker as err:
+        if err.reply_code == 404:
+            return False
+        raise
+    ch.close()
+    return True

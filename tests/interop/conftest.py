@@ -218,3 +218,18 @@ def conn(amqp: AmqpTarget) -> Iterator:
 def ch(conn):
     """A channel on `conn`."""
     return conn.channel()
+
+
+@pytest.fixture(scope="module")
+def module_start_ferry(tmp_path_factory) -> Iterator:
+    """Like `start_ferry`, but the processes live until the module's tests are done."""
+    started: list[FerryBroker] = []
+
+    def start(*extra_args: str) -> FerryBroker:
+        broker = _start_ferry_for_amqp(tmp_path_factory.mktemp("ferry-amqp-module") / "data", *extra_args)
+        started.append(broker)
+        return broker
+
+    yield start
+    for broker in started:
+        broker.stop()

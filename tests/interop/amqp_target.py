@@ -4,7 +4,9 @@ kill -9, and a raw-socket AMQP client for handshakes and hostile bytes.
 
 Target selection (see conftest.py's `amqp` fixture):
 - `AMQP_TARGET=host:port` (+ `AMQP_TARGET_USER`, `AMQP_TARGET_PASSWORD`, default guest/guest,
-  and `AMQP_TARGET_KIND=rabbitmq|ferry|other`): an external broker.
+  and `AMQP_TARGET_KIND=rabbitmq|ferry|other`): an external broker. For an external Ferry,
+  `AMQP_TARGET_KAFKA=host:port` names its Kafka listener and `AMQP_TARGET_ADMIN=host:port` its
+  HTTP admin listener; for RabbitMQ, `AMQP_TARGET_RABBITMQCTL` the rabbitmqctl command.
 - unset: the real `ferry` binary, started with `--amqp-listen 127.0.0.1:<free port>`.
 
 Administration goes through `provision()`, the one place that knows how each kind of broker is
@@ -154,6 +156,7 @@ def target_from_env() -> AmqpTarget | None:
         password=os.environ.get("AMQP_TARGET_PASSWORD", "guest"),
         kind=os.environ.get("AMQP_TARGET_KIND", "other"),
         rabbitmqctl=os.environ.get("AMQP_TARGET_RABBITMQCTL", "rabbitmqctl").split(),
+        kafka_bootstrap=os.environ.get("AMQP_TARGET_KAFKA"),
     )
 
 

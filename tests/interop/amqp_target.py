@@ -896,3 +896,18 @@ def queue_exists(conn: pika.BlockingConnection, queue: str) -> bool:
         raise
     ch.close()
     return True
+
+
+def set_memory_alarm(target: AmqpTarget, on: bool) -> None:
+    """Raise (`on`) or clear the broker's memory alarm, which blocks publishing connections.
+
+    RabbitMQ: `rabbitmqctl set_vm_memory_high_watermark` on a node the suite controls (never the
+    shared node). Ferry: no on-demand trigger exists yet, so the test is skipped there.
+    """
+    import pytest
+
+    if target.is_rabbitmq and target.process is not None:
+        args = ["absolute", "1"] if on else ["0.4"]
+        _rabbitmqctl(target, "set_vm_memory_high_watermark", *args)
+    else:
+        pytest.skip(f"no on-demand memory alarm for a broker of kind {target.kind!r}")

@@ -317,3 +317,32 @@ def test_consumer_ack_timeout_closes_channel(restartable, cleanup):
     finally:
         if conn.is_open:
             conn.close()
+
+
+@pytest.mark.ferry_only(reason="RabbitMQ 3.10 has only the node-wide consumer_timeout; the per-queue "
+                               "x-consumer-timeout argument arrived in RabbitMQ 3.12")
+def test_per_queue_consumer_timeout_argument(amqp, cleanup):
+    """Same close as the node-wide timeout (and RabbitMQ 3.12+'s per-queue one), with the queue's value."""
+    conn = amqp.connect()
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        q = cleanup.queue(unique("queue-ack-timeout"))
+        ch.queue_declare(q, arguments={"x-consumer-timeout": 1000})
+        ch.basic_publish("", q, b"slow")
+        closed = []
+        ch._impl.add_on_close_callback(lambda _ch, reason: closed.append(reason))
+        ch.basic_consume(q, lambda *a: None)
+        started = time.monotonic()
+        pump(conn, lambda: closed, timeout_s=15)
+        assert time.monotonic() - started >= 1.0
+        assert isinstance(closed[0], pika.exceptions.ChannelClosedByBroker), closed
+        assert (closed[0].reply_code, closed[0].reply_text) == (
+            406, f"PRECONDITION_FAILED - delivery acknowledgement on channel {ch.channel_number} timed out. "
+                 "Timeout value used: 1000 ms. This timeout value can be configured, see consumers doc guide "
+                 "to learn more")
+        m, _p, b = conn.channel().basic_get(q, auto_ack=True)
+        assert b == b"slow" and m.redelivered
+    finally:
+        if conn.is_open:
+            conn.close()

@@ -77,15 +77,24 @@ def test_exclusive_consume_when_queue_has_consumers(conn, cleanup):
 
 
 def test_duplicate_consumer_tag_closes_connection(amqp, cleanup):
-    conn = amqp.connect()
-    q = setup_queue(conn, cleanup, "dup-tag")
-    ch = conn.channel()
-    ch.basic_consume(q, lambda *a: None, consumer_tag="same")
-    # pika refuses a duplicate tag on the same channel object itself; a raw basic.consume would
-    # get 530 NOT_ALLOWED - attempt to reuse consumer tag 'same' (connection close).
-    with pytest.raises(pika.exceptions.DuplicateConsumerTag):
-        ch.basic_consume(q, lambda *a: None, consumer_tag="same")
-    conn.close()
+    """pika refuses a duplicate tag client-side, so this speaks the wire by hand."""
+    import struct
+
+    from amqp_target import RawAmqp, enc_shortstr, method_frame
+
+    with RawAmqp(amqp.host, amqp.port) as raw:
+        raw.handshake(amqp.user, amqp.password)
+        raw.open_channel(1)
+        raw.send(method_frame(1, 50, 10, b"\x00\x00" + enc_shortstr("") + b"\x08" + struct.pack(">I", 0)))
+        q = raw.recv_method().args().shortstr()
+        consume = method_frame(1, 60, 20, b"\x00\x00" + enc_shortstr(q) + enc_shortstr("same") + b"\x00" + struct.pack(">I", 0))
+        raw.send(consume)
+        assert raw.recv_method().method == (60, 21)  # basic.consume-ok
+        raw.send(consume)
+        info, closed = raw.expect_close()
+        assert info is not None and closed
+        assert (info.reply_code, info.reply_text) == (530, "NOT_ALLOWED - attempt to reuse consumer tag 'same'")
+        assert (info.class_id, info.method_id) == (60, 20)
 
 
 def test_consume_from_missing_queue(conn):

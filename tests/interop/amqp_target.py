@@ -160,6 +160,23 @@ def target_from_env() -> AmqpTarget | None:
     )
 
 
+# Bound for the one handshake that checks a target is usable before any test runs.
+PREFLIGHT_TIMEOUT_S = 10.0
+
+
+def preflight(target: AmqpTarget) -> str | None:
+    """None if the target completes a handshake and opens a channel within
+    PREFLIGHT_TIMEOUT_S; otherwise why not (so the suite fails fast instead of every test
+    waiting out its timeout on a broker that does not answer)."""
+    try:
+        with RawAmqp(target.host, target.port, timeout_s=PREFLIGHT_TIMEOUT_S) as raw:
+            raw.handshake(target.user, target.password)
+            raw.open_channel(1)
+    except (OSError, ValueError, AssertionError, BrokerClosed, ConnectionClosed) as err:
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
 def ferry_target(broker: FerryBroker) -> AmqpTarget:
     """The AMQP side of a Ferry process started by the suite."""
     assert broker.amqp_port is not None, "this ferry binary has no AMQP listener (--amqp-listen)"
@@ -844,6 +861,45 @@ def consume_n(conn: pika.BlockingConnection, ch, queue: str, n: int, timeout_s: 
     return got
 
 
+# Bound for tidying up after a test (closing connections, deleting what it declared), so a broker
+# that stopped answering cannot hang the suite in teardown.
+TEARDOWN_TIMEOUT_S = 15.0
+
+
+def bounded(fn: Callable[[], object], timeout_s: float) -> None:
+    """Run `fn`, giving up after `timeout_s` (SIGALRM; main thread only) and on AMQP or socket
+    errors: for teardown, where the test's own verdict is already in."""
+    import signal
+    import threading
+
+    def on_alarm(_sig, _frame):
+        raise TimeoutError(f"gave up after {timeout_s}s")
+
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:
+        # pytest-timeout (method=signal) may have its own alarm running: put it back afterwards.
+        outer_left, _ = signal.getitimer(signal.ITIMER_REAL)
+        started = time.monotonic()
+        previous = signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    try:
+        fn()
+    except (TimeoutError, OSError, pika.exceptions.AMQPError):
+        pass
+    finally:
+        if in_main:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+            if outer_left > 0:
+                signal.setitimer(signal.ITIMER_REAL, max(outer_left - (time.monotonic() - started), 0.001))
+
+
+def close_quietly(conn: pika.BlockingConnection) -> None:
+    """Close a pika connection, bounded, ignoring errors."""
+    if conn.is_open:
+        bounded(conn.close, TEARDOWN_TIMEOUT_S)
+
+
 class Cleanup:
     """Queues, exchanges, vhosts the test created on a shared broker, removed afterwards."""
 
@@ -861,8 +917,11 @@ class Cleanup:
         return name
 
     def run(self) -> None:
-        if not (self.queues or self.exchanges):
-            return
+        """Delete what was registered (bounded: a hung broker cannot hang teardown)."""
+        if self.queues or self.exchanges:
+            bounded(self._run, TEARDOWN_TIMEOUT_S)
+
+    def _run(self) -> None:
         try:
             conn = self.target.connect()
         except pika.exceptions.AMQPError:

@@ -123,13 +123,23 @@ def _start_ferry_for_amqp(data_dir: Path, *extra_args: str) -> FerryBroker:
 @pytest.fixture(scope="session")
 def amqp(tmp_path_factory) -> Iterator[AmqpTarget]:
     """The AMQP broker under test: AMQP_TARGET, or a Ferry process started for the session."""
+    from amqp_target import preflight
+
     external = target_from_env()
     if external is not None:
+        problem = preflight(external)
+        if problem is not None:
+            pytest.fail(f"AMQP target {external.address} is not usable: {problem}", pytrace=False)
         yield external
         return
     broker = _start_ferry_for_amqp(tmp_path_factory.mktemp("ferry-amqp") / "data")
     try:
-        yield ferry_target(broker)
+        target = ferry_target(broker)
+        problem = preflight(target)
+        if problem is not None:
+            pytest.fail(f"ferry's AMQP listener {target.address} is not usable: {problem}\n"
+                        f"--- broker log ---\n{broker.log_tail()}", pytrace=False)
+        yield target
     finally:
         broker.stop()
 
@@ -202,16 +212,12 @@ def cleanup(amqp: AmqpTarget) -> Iterator:
 
 @pytest.fixture
 def conn(amqp: AmqpTarget) -> Iterator:
-    """A pika BlockingConnection to the AMQP target, closed after the test."""
-    import pika
+    """A pika BlockingConnection to the AMQP target, closed (bounded) after the test."""
+    from amqp_target import close_quietly
 
     connection = amqp.connect()
     yield connection
-    if connection.is_open:
-        try:
-            connection.close()
-        except pika.exceptions.AMQPError:
-            pass
+    close_quietly(connection)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 
 from amqp_target import Definitions, channel_close, connection_close, get_bodies, provision, queue_exists, unique
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(120, method="signal")
 
 PASSWORD = "s3cret-pw"
 

@@ -10,7 +10,7 @@ import pytest
 
 from amqp_target import set_memory_alarm, unique
 
-pytestmark = [pytest.mark.timeout(120), pytest.mark.needs_restart]
+pytestmark = [pytest.mark.timeout(120, method="signal"), pytest.mark.needs_restart]
 
 
 def test_memory_alarm_blocks_and_unblocks_publishers(restartable):

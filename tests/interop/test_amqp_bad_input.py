@@ -27,7 +27,7 @@ from amqp_target import (
     unique,
 )
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = pytest.mark.timeout(60, method="signal")
 
 # The steady client's longest tolerated pause between two confirmed round trips.
 MAX_STALL_S = 5.0

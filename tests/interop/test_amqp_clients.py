@@ -13,7 +13,7 @@ from pika.adapters.asyncio_connection import AsyncioConnection
 
 from amqp_target import get_bodies, unique
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(30, method="signal")
 
 # Bound for one asyncio scenario and for one CLI call.
 ASYNC_TIMEOUT_S = 20.0

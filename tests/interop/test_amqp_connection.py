@@ -23,7 +23,7 @@ from amqp_target import (
     wait_until,
 )
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(30, method="signal")
 
 # Capabilities a RabbitMQ client library looks for in connection.start (clients switch features
 # on from them).
@@ -234,3 +234,18 @@ def test_client_properties_reach_the_broker_and_blocked_capability(amqp):
         assert caps.get("connection.blocked") is True
     finally:
         conn.close()
+
+
+def test_channel_flow(amqp):
+    """channel.flow active=true is answered with flow-ok; RabbitMQ refuses active=false with a
+    connection close (540), since it uses TCP back-pressure and connection.blocked instead."""
+    with RawAmqp(amqp.host, amqp.port) as raw:
+        raw.handshake(amqp.user, amqp.password)
+        raw.open_channel(1)
+        raw.send(method_frame(1, 20, 20, b"\x01"))
+        f = raw.recv_method()
+        assert f.method == (20, 21) and f.args().octet() == 1
+        raw.send(method_frame(1, 20, 20, b"\x00"))
+        info, closed = raw.expect_close()
+        assert info is not None and (info.reply_code, info.reply_text) == (540, "NOT_IMPLEMENTED - active=false")
+        assert (info.class_id, info.method_id) == (20, 20)

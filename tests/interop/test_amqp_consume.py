@@ -18,7 +18,7 @@ from amqp_target import (
     wait_until,
 )
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(60, method="signal")
 
 
 def setup_queue(conn, cleanup, prefix, n=0, **kw):
@@ -355,3 +355,46 @@ def test_per_queue_consumer_timeout_argument(amqp, cleanup):
     finally:
         if conn.is_open:
             conn.close()
+
+
+def test_basic_recover_requeue_redelivers_unacked(conn, cleanup):
+    q = setup_queue(conn, cleanup, "recover", 2)
+    ch = conn.channel()
+    first = consume_n(conn, ch, q, 2)
+    assert not any(m.redelivered for m, _p, _b in first)
+    got = []
+    ch.basic_consume(q, lambda c, m, p, b: got.append((m, b)))
+    ch.basic_recover(requeue=True)
+    pump(conn, lambda: len(got) >= 2)
+    assert [b for _m, b in got] == [b"0", b"1"] and all(m.redelivered for m, _b in got)
+    for m, _b in got:
+        ch.basic_ack(m.delivery_tag)
+
+
+def test_basic_recover_without_requeue_not_implemented(amqp):
+    from amqp_target import RawAmqp, method_frame
+
+    with RawAmqp(amqp.host, amqp.port) as raw:
+        raw.handshake(amqp.user, amqp.password)
+        raw.open_channel(1)
+        raw.send(method_frame(1, 60, 110, b"\x00"))  # basic.recover requeue=false
+        info, closed = raw.expect_close()
+        assert info is not None and (info.reply_code, info.reply_text) == (540, "NOT_IMPLEMENTED - requeue=false")
+        assert (info.class_id, info.method_id) == (60, 110)
+
+
+def test_consumer_priorities(conn, cleanup):
+    """A consumer with a higher x-priority gets the messages while it has prefetch capacity."""
+    q = setup_queue(conn, cleanup, "cprio")
+    low, high = conn.channel(), conn.channel()
+    low.basic_qos(prefetch_count=10)
+    high.basic_qos(prefetch_count=3)
+    got_low, got_high = [], []
+    low.basic_consume(q, lambda c, m, p, b: got_low.append(m), arguments={"x-priority": 1})
+    high.basic_consume(q, lambda c, m, p, b: got_high.append(m), arguments={"x-priority": 10})
+    pub = conn.channel()
+    pub.confirm_delivery()
+    for i in range(5):
+        pub.basic_publish("", q, b"%d" % i)
+    pump(conn, lambda: len(got_low) + len(got_high) == 5)
+    assert len(got_high) == 3 and len(got_low) == 2

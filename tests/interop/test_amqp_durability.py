@@ -12,7 +12,7 @@ import pytest
 
 from amqp_target import get_bodies, message_count, queue_exists, unique
 
-pytestmark = [pytest.mark.timeout(240), pytest.mark.needs_restart]
+pytestmark = [pytest.mark.timeout(240, method="signal"), pytest.mark.needs_restart]
 
 PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
 TRANSIENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Transient)

@@ -7,7 +7,7 @@ import pytest
 
 from amqp_target import channel_close, connection_close, get_bodies, unique
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(30, method="signal")
 
 
 def bound_queues(ch, cleanup, exchange, keys_or_args):

@@ -16,7 +16,7 @@ from amqp_target import amqp_message_for_kafka, kafka_record_for_amqp, unique
 from helpers import consume_n, consumer, producer
 
 pytestmark = [
-    pytest.mark.timeout(90),
+    pytest.mark.timeout(60, method="signal"),
     pytest.mark.ferry_only(reason="RabbitMQ has no Kafka listener: stream queues as Kafka topics are Ferry's"),
 ]
 

@@ -22,7 +22,7 @@ from amqp_target import (
     wait_until,
 )
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(30, method="signal")
 
 
 def declare(ch, cleanup, prefix, **kw):

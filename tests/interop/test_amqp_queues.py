@@ -11,7 +11,7 @@ import pytest
 
 from amqp_target import channel_close, consume_n, get_bodies, message_count, queue_exists, unique, wait_until
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(30, method="signal")
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 
 from amqp_target import channel_close, connection_close, unique
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(30, method="signal")
 
 
 def stream(conn, cleanup, n=0, prefix="stream", **args):

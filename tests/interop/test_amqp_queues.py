@@ -221,9 +221,9 @@ def test_invalid_arguments(conn, cleanup, args, expected):
 
 
 def test_x_message_ttl(cch, cleanup):
-    q = declare(cch, cleanup, "ttl", arguments={"x-message-ttl": 300})
+    q = declare(cch, cleanup, "ttl", arguments={"x-message-ttl": 1000})
     cch.basic_publish("", q, b"old")
-    time.sleep(0.6)
+    time.sleep(1.5)
     cch.basic_publish("", q, b"new")
     assert get_bodies(cch, q) == [b"new"]
 
@@ -287,8 +287,10 @@ def test_x_message_ttl_zero_drops_unless_consumer_waits(conn, cleanup):
 # --- length limits --------------------------------------------------------------------------
 
 
-def test_x_max_length_drops_head(cch, cleanup):
-    q = declare(cch, cleanup, "maxlen", arguments={"x-max-length": 3})
+@pytest.mark.parametrize("overflow", [None, "drop-head"])
+def test_x_max_length_drops_head(cch, cleanup, overflow):
+    args = {"x-max-length": 3} if overflow is None else {"x-max-length": 3, "x-overflow": overflow}
+    q = declare(cch, cleanup, "maxlen", arguments=args)
     for i in range(5):
         cch.basic_publish("", q, b"%d" % i)
     assert get_bodies(cch, q) == [b"2", b"3", b"4"]

@@ -27,7 +27,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Callable, Iterator
@@ -570,6 +570,7 @@ class Decoder:
 
     def value(self):
         kind = self.take(1)
+        # RabbitMQ's dialect of the field types (`s` is a signed short, not a short string).
         simple = {b"t": ">B", b"b": ">b", b"B": ">B", b"s": ">h", b"u": ">H", b"I": ">i", b"i": ">I",
                   b"l": ">q", b"L": ">Q", b"f": ">f", b"d": ">d"}
         if kind in simple:
@@ -578,12 +579,10 @@ class Decoder:
         if kind == b"D":
             scale = self.octet()
             return Decimal(self.unpack(">i")[0]).scaleb(-scale)
-        if kind == b"s":
-            return self.shortstr()
         if kind in (b"S", b"x"):
             return self.longstr()
         if kind == b"T":
-            return datetime.utcfromtimestamp(self.unpack(">Q")[0])
+            return datetime.fromtimestamp(self.unpack(">Q")[0], timezone.utc)
         if kind == b"F":
             return self.table()
         if kind == b"A":

@@ -4,7 +4,6 @@ Users, vhosts and permissions are created through `amqp_target.provision` (rabbi
 RabbitMQ; a config file for a Ferry started by the suite; Ferry's admin CLI for an external one).
 """
 
-import pika
 import pytest
 
 from amqp_target import Definitions, channel_close, connection_close, get_bodies, provision, queue_exists, unique
@@ -109,7 +108,7 @@ def test_configure_permission(site):
             403, f"ACCESS_REFUSED - access to exchange '{xdenied}' in vhost '{names['v1']}' refused for user '{names['limited']}'")
         # Server-named queues (amq.gen-*) need configure permission on their generated name.
         code, text = channel_close(lambda: conn.channel().queue_declare("", exclusive=True))
-        assert code == 403 and text.startswith(f"ACCESS_REFUSED - access to queue 'amq.gen-")
+        assert code == 403 and text.startswith("ACCESS_REFUSED - access to queue 'amq.gen-")
     finally:
         conn.close()
 

@@ -5,7 +5,6 @@ Needs a broker the suite controls: the alarm would stop every publisher of a sha
 
 import time
 
-import pika
 import pytest
 
 from amqp_target import set_memory_alarm, unique

@@ -9,7 +9,7 @@ import time
 import pika
 import pytest
 
-from amqp_target import channel_close, consume_n, get_bodies, message_count, queue_exists, unique, wait_until
+from amqp_target import channel_close, get_bodies, message_count, queue_exists, unique, wait_until
 
 pytestmark = pytest.mark.timeout(30, method="signal")
 
@@ -538,11 +538,3 @@ def test_classic_queue_type_explicit(cch, cleanup):
     cch.basic_publish("", q, b"c")
     assert get_bodies(cch, q) == [b"c"]
 
-
-def test_consume_n_helper_sanity(conn, cleanup):
-    ch = conn.channel()
-    ch.confirm_delivery()
-    q = declare(ch, cleanup, "helper")
-    ch.basic_publish("", q, b"x")
-    got = consume_n(conn, ch, q, 1, auto_ack=True)
-    assert got[0][2] == b"x"

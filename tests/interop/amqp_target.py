@@ -960,12 +960,20 @@ def set_memory_alarm(target: AmqpTarget, on: bool) -> None:
     """Raise (`on`) or clear the broker's memory alarm, which blocks publishing connections.
 
     RabbitMQ: `rabbitmqctl set_vm_memory_high_watermark` on a node the suite controls (never the
-    shared node). Ferry: no on-demand trigger exists yet, so the test is skipped there.
+    shared node). Ferry: `ferry limits set --memory-high-watermark-bytes 1|default` through the
+    HTTP admin listener of a broker the suite started.
     """
     import pytest
 
     if target.is_rabbitmq and target.process is not None:
         args = ["absolute", "1"] if on else ["0.4"]
         _rabbitmqctl(target, "set_vm_memory_high_watermark", *args)
+    elif target.is_ferry and getattr(target.process, "http_port", None) is not None:
+        admin = f"{target.process.host}:{target.process.http_port}"
+        subprocess.run(
+            [str(ferry_binary()), "limits", "set", "--memory-high-watermark-bytes", "1" if on else "default",
+             "--http", admin],
+            check=True, timeout=RABBITMQCTL_TIMEOUT_S, capture_output=True,
+        )
     else:
         pytest.skip(f"no on-demand memory alarm for a broker of kind {target.kind!r}")

@@ -31,15 +31,25 @@ def ferry_binary() -> Path:
 
 
 @lru_cache(maxsize=None)
-def binary_has_amqp_listener(binary: str) -> bool:
-    """True when `ferry serve` accepts `--amqp-listen` (checked once per binary)."""
+def serve_help(binary: str) -> str:
+    """`ferry serve --help` of a binary (read once), to tell which listener flags it has."""
     try:
         out = subprocess.run(
             [binary, "serve", "--help"], capture_output=True, text=True, timeout=BROKER_START_TIMEOUT_S
         )
     except (OSError, subprocess.SubprocessError):
-        return False
-    return "--amqp-listen" in out.stdout + out.stderr
+        return ""
+    return out.stdout + out.stderr
+
+
+def binary_has_amqp_listener(binary: str) -> bool:
+    """True when `ferry serve` accepts `--amqp-listen`."""
+    return "--amqp-listen" in serve_help(binary)
+
+
+def binary_has_http_listener(binary: str) -> bool:
+    """True when `ferry serve` accepts `--http-listen`."""
+    return "--http-listen" in serve_help(binary)
 
 
 def free_port() -> int:
@@ -75,6 +85,8 @@ class FerryBroker:
         # Every broker gets its own AMQP port, so brokers never collide on the default 5672;
         # None when the binary has no AMQP listener.
         self.amqp_port = free_port() if binary_has_amqp_listener(str(ferry_binary())) else None
+        # The same for the HTTP admin listener (default 8080).
+        self.http_port = free_port() if binary_has_http_listener(str(ferry_binary())) else None
         self.log_path = data_dir.parent / f"{data_dir.name}-broker.log"
         self.proc: subprocess.Popen | None = None
         self.starts = 0
@@ -94,6 +106,7 @@ class FerryBroker:
             "--kafka-listen",
             self.bootstrap,
             *([] if self.amqp_port is None else ["--amqp-listen", f"{self.host}:{self.amqp_port}"]),
+            *([] if self.http_port is None else ["--http-listen", f"{self.host}:{self.http_port}"]),
             *self.extra_args,
             # Lets CI add flags every broker needs (e.g. to turn off future listeners).
             *shlex.split(os.environ.get("FERRY_EXTRA_ARGS", "")),

@@ -969,6 +969,8 @@ def set_memory_alarm(target: AmqpTarget, on: bool) -> None:
         args = ["absolute", "1"] if on else ["0.4"]
         _rabbitmqctl(target, "set_vm_memory_high_watermark", *args)
     elif target.is_ferry and getattr(target.process, "http_port", None) is not None:
+        from ferry_process import ferry_binary
+
         admin = f"{target.process.host}:{target.process.http_port}"
         subprocess.run(
             [str(ferry_binary()), "limits", "set", "--memory-high-watermark-bytes", "1" if on else "default",

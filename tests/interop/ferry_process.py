@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,28 @@ LOG_TAIL_LINES = 60
 def ferry_binary() -> Path:
     """The broker binary under test."""
     return Path(os.environ.get("FERRY_BIN", REPO_ROOT / "target" / "debug" / "ferry"))
+
+
+@lru_cache(maxsize=None)
+def serve_help(binary: str) -> str:
+    """`ferry serve --help` of a binary (read once), to tell which listener flags it has."""
+    try:
+        out = subprocess.run(
+            [binary, "serve", "--help"], capture_output=True, text=True, timeout=BROKER_START_TIMEOUT_S
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout + out.stderr
+
+
+def binary_has_amqp_listener(binary: str) -> bool:
+    """True when `ferry serve` accepts `--amqp-listen`."""
+    return "--amqp-listen" in serve_help(binary)
+
+
+def binary_has_http_listener(binary: str) -> bool:
+    """True when `ferry serve` accepts `--http-listen`."""
+    return "--http-listen" in serve_help(binary)
 
 
 def free_port() -> int:
@@ -59,6 +82,11 @@ class FerryBroker:
         self.extra_args = list(extra_args or [])
         self.port = port or free_port()
         self.host = "127.0.0.1"
+        # Every broker gets its own AMQP port, so brokers never collide on the default 5672;
+        # None when the binary has no AMQP listener.
+        self.amqp_port = free_port() if binary_has_amqp_listener(str(ferry_binary())) else None
+        # The same for the HTTP admin listener (default 8080).
+        self.http_port = free_port() if binary_has_http_listener(str(ferry_binary())) else None
         self.log_path = data_dir.parent / f"{data_dir.name}-broker.log"
         self.proc: subprocess.Popen | None = None
         self.starts = 0
@@ -77,13 +105,15 @@ class FerryBroker:
             str(self.data_dir),
             "--kafka-listen",
             self.bootstrap,
+            *([] if self.amqp_port is None else ["--amqp-listen", f"{self.host}:{self.amqp_port}"]),
+            *([] if self.http_port is None else ["--http-listen", f"{self.host}:{self.http_port}"]),
             *self.extra_args,
             # Lets CI add flags every broker needs (e.g. to turn off future listeners).
             *shlex.split(os.environ.get("FERRY_EXTRA_ARGS", "")),
         ]
 
     def start(self) -> "FerryBroker":
-        """Start the process and wait (bounded) until the Kafka port accepts connections."""
+        """Start the process and wait (bounded) until its ports accept connections."""
         binary = ferry_binary()
         if not binary.exists():
             pytest.fail(f"broker binary {binary} not found: run `cargo build` or set FERRY_BIN", pytrace=False)
@@ -103,6 +133,8 @@ class FerryBroker:
         log.close()
         try:
             wait_for_port(self.host, self.port, BROKER_START_TIMEOUT_S, self.proc)
+            if self.amqp_port is not None:
+                wait_for_port(self.host, self.amqp_port, BROKER_START_TIMEOUT_S, self.proc)
         except (RuntimeError, TimeoutError) as err:
             self.kill9()
             pytest.fail(f"{err}\n--- broker log ---\n{self.log_tail()}", pytrace=False)

@@ -5,9 +5,11 @@
 #   ./scripts/test.sh                 # everything
 #   ./scripts/test.sh interop         # only some steps (setup always runs first)
 #
-# Steps, in order: fmt clippy unit build interop kafka-python.
-# Installs, only when missing: Debian's kcat (apt-get), and a Python venv in .venv with the
-# pinned client libraries of tests/interop/requirements.txt (pip; honours PIP_FIND_LINKS).
+# Steps, in order: fmt clippy unit build interop kafka-python rabbitmq.
+# Installs, only when missing: Debian's kcat and amqp-tools (apt-get), and a Python venv in
+# .venv with the pinned client libraries of tests/interop/requirements.txt (pip; honours
+# PIP_FIND_LINKS). The rabbitmq step installs Debian's rabbitmq-server and runs the AMQP
+# suite against it, so the suite keeps encoding RabbitMQ's real behaviour.
 # PYTEST_ADDOPTS is passed through to both pytest runs.
 set -Eeuo pipefail
 
@@ -20,12 +22,15 @@ REQUIREMENTS="$ROOT/tests/interop/requirements.txt"
 # can fall back to the newest 2.x (with a warning) instead of failing the whole install.
 CONFLUENT_KAFKA_PIN="confluent-kafka==2.16.1"
 CONFLUENT_KAFKA_FALLBACK="confluent-kafka>=2,<3"
-ALL_STEPS=(fmt clippy unit build interop kafka-python)
+ALL_STEPS=(fmt clippy unit build interop kafka-python rabbitmq)
 # Bound for the whole interop pytest run (each test has its own 120 s bound as well).
 INTEROP_TIMEOUT_S=1800
 # Not exported: the broker reads FERRY_* variables as its configuration (and warns about
 # unknown ones), so this reaches only the test runners that need it.
 FERRY_BIN="${FERRY_BIN:-$ROOT/target/debug/ferry}"
+# Port of the private RabbitMQ node the rabbitmq step starts (a broker already listening there
+# is reused instead).
+RABBITMQ_SUITE_PORT="${RABBITMQ_SUITE_PORT:-5672}"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 export DEBIAN_FRONTEND=noninteractive
 
@@ -79,12 +84,14 @@ setup() {
 
   local missing=()
   command -v kcat >/dev/null || missing+=(kcat)
+  command -v amqp-publish >/dev/null || missing+=(amqp-tools)
   python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
   if [[ ${#missing[@]} -gt 0 ]]; then
     echo "installing Debian packages: ${missing[*]}"
     apt_install "${missing[@]}"
   fi
   command -v kcat >/dev/null || fail "kcat still missing after apt-get install"
+  command -v amqp-publish >/dev/null || fail "amqp-tools still missing after apt-get install"
 
   if [[ -n "${PIP_FIND_LINKS:-}" && ! -e "${PIP_FIND_LINKS%% *}" ]]; then
     unset PIP_FIND_LINKS  # a stale local wheel cache path would only add warnings
@@ -105,10 +112,11 @@ setup() {
     printf '%s' "$want" >"$stamp"
   fi
   "$VENV/bin/python" - <<'EOF' || fail "the venv's client libraries do not import"
-import aiokafka, confluent_kafka, kafka, pytest
-print("clients: confluent-kafka %s (librdkafka %s), kafka-python %s, aiokafka %s, pytest %s"
+import aio_pika, aiokafka, confluent_kafka, kafka, pika, pytest
+print("clients: confluent-kafka %s (librdkafka %s), kafka-python %s, aiokafka %s, pika %s, "
+      "aio-pika %s, pytest %s"
       % (confluent_kafka.__version__, confluent_kafka.libversion()[0], kafka.__version__,
-         aiokafka.__version__, pytest.__version__))
+         aiokafka.__version__, pika.__version__, aio_pika.__version__, pytest.__version__))
 EOF
   kcat -V | sed -n 's/^Version /kcat: /p'
   done_step
@@ -153,6 +161,12 @@ step_interop() {
 step_kafka_python() {
   begin kafka-python "kafka-python's own integration suite against Ferry"
   PYTHON="$VENV/bin/python" FERRY_BIN="$FERRY_BIN" "$ROOT/scripts/kafka-python-suite.sh" || fail "kafka-python's integration suite failed"
+  done_step
+}
+
+step_rabbitmq() {
+  begin rabbitmq "the AMQP suite against RabbitMQ 3.10 from Debian (the suite's own check)"
+  "$ROOT/scripts/amqp-rabbitmq-suite.sh" "$RABBITMQ_SUITE_PORT" -q || fail "the AMQP suite failed against RabbitMQ"
   done_step
 }
 

@@ -474,23 +474,20 @@ fn read_rings(shared: &Shared, request: &FetchRequest) -> (Vec<FetchableTopicRes
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{BatchEncoder, Stamp};
+    use crate::message::Stamp;
+    use ferry_storage::batch::BatchBuilder;
 
     fn batch(records: u64) -> Bytes {
-        let mut encoder = BatchEncoder::new();
+        let mut builder = BatchBuilder::reusable();
         for sequence in 0..records {
-            encoder.push(
-                None,
-                &Stamp {
-                    producer: 0,
-                    sequence,
-                    sent_ns: 0,
-                },
-                100,
-                0,
-            );
+            let stamp = Stamp {
+                producer: 0,
+                sequence,
+                sent_ns: 0,
+            };
+            builder.push_padded(None, &stamp.encode(), 100, 0);
         }
-        encoder.finish()
+        builder.finish()
     }
 
     #[test]

@@ -438,8 +438,9 @@ fn read_rings(shared: &Shared, request: &FetchRequest) -> (Vec<FetchableTopicRes
             let mut picked: Vec<Bytes> = Vec::new();
             let mut picked_bytes = 0usize;
             for (_, batch) in ring.batches.iter().skip(first) {
-                // At least one batch per response, as Kafka does, so that progress is made.
-                if picked_bytes > 0
+                // At least one batch per response (not per partition), as Kafka does, so
+                // that progress is made while max_bytes still bounds the response.
+                if (picked_bytes > 0 || total > 0)
                     && (picked_bytes + batch.len() > partition_max
                         || total + picked_bytes + batch.len() > max_bytes)
                 {

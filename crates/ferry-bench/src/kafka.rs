@@ -63,6 +63,8 @@ const OFFSET_OUT_OF_RANGE: i16 = 1;
 const METADATA_ATTEMPTS: u32 = 50;
 /// Pause between metadata attempts.
 const METADATA_BACKOFF: Duration = Duration::from_millis(100);
+/// Least request timeout of the admin client (topic creation, metadata).
+const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 /// Longest sleep of an idle producer, so that it notices the end of the run.
 const PRODUCER_IDLE_SLEEP_MAX: Duration = Duration::from_millis(10);
 
@@ -111,7 +113,11 @@ async fn prepare(
     topics: &[String],
     create_topics: bool,
 ) -> Result<String> {
-    let mut client = Client::connect(ClientConfig::new(bootstrap)).await?;
+    let mut config = ClientConfig::new(bootstrap);
+    // Creating thousands of partitions (W4: 10,000) takes a broker tens of seconds on a
+    // loaded machine; the client's default request timeout is shorter.
+    config.request_timeout = config.request_timeout.max(ADMIN_REQUEST_TIMEOUT);
+    let mut client = Client::connect(config).await?;
     if create_topics {
         let configs: Vec<(String, String)> = workload
             .flush_mode

@@ -198,19 +198,22 @@ pub async fn measure_restarts(
     let Some(topic) = fill.topics.first().cloned() else {
         return Err(BenchError::Task("the fill created no topic".to_owned()));
     };
-    broker.stop().await?;
+    // kill -9 right after the fill, while the last writes are not yet checkpointed, so
+    // that the restart has to recover them (a crash of an idle, flushed broker would
+    // measure nothing).
+    broker.crash()?;
     let data_dir_bytes = dir_bytes(&data_dir);
 
     let started = Instant::now();
     let mut broker = Broker::spawn(&bin, &data_dir, &address)?;
     broker.wait_first_fetch(&topic).await?;
-    let clean_restart_ms = started.elapsed().as_secs_f64() * 1e3;
-    broker.crash()?;
+    let crash_restart_ms = started.elapsed().as_secs_f64() * 1e3;
+    broker.stop().await?;
 
     let started = Instant::now();
     let mut broker = Broker::spawn(&bin, &data_dir, &address)?;
     broker.wait_first_fetch(&topic).await?;
-    let crash_restart_ms = started.elapsed().as_secs_f64() * 1e3;
+    let clean_restart_ms = started.elapsed().as_secs_f64() * 1e3;
     broker.stop().await?;
     Ok(RestartReport {
         fill,

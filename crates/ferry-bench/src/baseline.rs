@@ -438,8 +438,9 @@ fn read_rings(shared: &Shared, request: &FetchRequest) -> (Vec<FetchableTopicRes
             let mut picked: Vec<Bytes> = Vec::new();
             let mut picked_bytes = 0usize;
             for (_, batch) in ring.batches.iter().skip(first) {
-                // At least one batch per response, as Kafka does, so that progress is made.
-                if picked_bytes > 0
+                // At least one batch per response (not per partition), as Kafka does, so
+                // that progress is made while max_bytes still bounds the response.
+                if (picked_bytes > 0 || total > 0)
                     && (picked_bytes + batch.len() > partition_max
                         || total + picked_bytes + batch.len() > max_bytes)
                 {
@@ -474,23 +475,20 @@ fn read_rings(shared: &Shared, request: &FetchRequest) -> (Vec<FetchableTopicRes
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{BatchEncoder, Stamp};
+    use crate::message::Stamp;
+    use ferry_storage::batch::BatchBuilder;
 
     fn batch(records: u64) -> Bytes {
-        let mut encoder = BatchEncoder::new();
+        let mut builder = BatchBuilder::reusable();
         for sequence in 0..records {
-            encoder.push(
-                None,
-                &Stamp {
-                    producer: 0,
-                    sequence,
-                    sent_ns: 0,
-                },
-                100,
-                0,
-            );
+            let stamp = Stamp {
+                producer: 0,
+                sequence,
+                sent_ns: 0,
+            };
+            builder.push_padded(None, &stamp.encode(), 100, 0);
         }
-        encoder.finish()
+        builder.finish()
     }
 
     #[test]

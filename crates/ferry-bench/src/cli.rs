@@ -10,7 +10,8 @@ use crate::amqp::{AmqpArgs, AmqpDriver};
 use crate::driver::Driver;
 use crate::error::{BenchError, Result};
 use crate::kafka::KafkaDriver;
-use crate::run::{run, Target};
+use crate::restart::measure_restarts;
+use crate::run::{run_with, Target};
 use crate::stats::Report;
 use crate::workload::{Acks, FlushMode, Protocol, Workload};
 
@@ -86,6 +87,29 @@ pub struct BenchArgs {
     /// Seconds consumers may take after the producers stop [default: 30]
     #[arg(long, value_name = "S")]
     pub drain_timeout_s: Option<f64>,
+    /// Stop producing after this many value bytes in all (a backlog run; duration caps it)
+    #[arg(long, value_name = "BYTES")]
+    pub produce_bytes: Option<u64>,
+    /// Start consumers only after the producers are done (catch-up from the earliest offset)
+    #[arg(long)]
+    pub consume_after_produce: bool,
+    /// Report produce MB/s per step of this many acknowledged bytes [default: 1e9]
+    #[arg(long, value_name = "BYTES")]
+    pub produce_step_bytes: Option<u64>,
+    /// Sample this broker process's RSS during the run and report the maximum
+    #[arg(long, value_name = "PID")]
+    pub broker_pid: Option<u32>,
+    /// Restart measurement (W6): start the broker binary on --restart-data-dir, fill it with
+    /// the workload (produce-only), then time spawn-to-first-fetch after a clean shutdown
+    /// and after kill -9
+    #[arg(long, requires = "restart_data_dir")]
+    pub restart_test: bool,
+    /// Data directory of the broker the restart measurement starts (must be new or empty)
+    #[arg(long, value_name = "DIR")]
+    pub restart_data_dir: Option<std::path::PathBuf>,
+    /// The `ferry` binary the restart measurement starts [default: this executable]
+    #[arg(long, value_name = "PATH")]
+    pub broker_bin: Option<std::path::PathBuf>,
     /// Print the reports as JSON on stdout
     #[arg(long)]
     pub json: bool,
@@ -124,8 +148,13 @@ impl BenchArgs {
             batch_bytes,
             linger_ms,
             max_in_flight,
-            drain_timeout_s
+            drain_timeout_s,
+            produce_bytes,
+            produce_step_bytes
         );
+        if self.consume_after_produce {
+            w.consume_after_produce = true;
+        }
         if let Some(acks) = self.acks {
             w.acks = acks;
         }
@@ -173,6 +202,9 @@ struct JsonOutput<'a> {
 /// Runs `ferry bench`; an error if a run could not run or failed verification.
 pub async fn run_cli(args: BenchArgs) -> Result<()> {
     let workload = args.workload()?;
+    if args.restart_test {
+        return run_restart_test(&args, &workload).await;
+    }
     let mut targets = Vec::new();
     if args.with_baseline && args.target != TargetArg::TcpBaseline {
         targets.push(Target::TcpBaseline);
@@ -199,7 +231,11 @@ pub async fn run_cli(args: BenchArgs) -> Result<()> {
     };
     let mut reports = Vec::new();
     for target in &targets {
-        let mut report = run(driver.clone(), &workload, target, !args.no_progress).await?;
+        let pid = matches!(target, Target::Broker { .. })
+            .then_some(args.broker_pid)
+            .flatten();
+        let mut report =
+            run_with(driver.clone(), &workload, target, !args.no_progress, pid).await?;
         if let (Some(label), Target::Broker { .. }) = (&args.label, target) {
             report.target = label.clone();
         }
@@ -253,6 +289,44 @@ pub async fn run_cli(args: BenchArgs) -> Result<()> {
         Ok(())
     } else {
         Err(BenchError::Verification(failed.join("; ")))
+    }
+}
+
+/// `--restart-test`: the W6 measurement.
+async fn run_restart_test(args: &BenchArgs, workload: &Workload) -> Result<()> {
+    let Some(data_dir) = args.restart_data_dir.clone() else {
+        return Err(BenchError::Workload(
+            "--restart-test needs --restart-data-dir".to_owned(),
+        ));
+    };
+    let bin = match &args.broker_bin {
+        Some(bin) => bin.clone(),
+        None => {
+            std::env::current_exe().map_err(|e| BenchError::io("find the ferry executable", e))?
+        }
+    };
+    let report = measure_restarts(
+        Arc::new(KafkaDriver),
+        bin,
+        data_dir,
+        workload,
+        !args.no_progress,
+    )
+    .await?;
+    if args.json {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| BenchError::Task(format!("encode JSON report: {e}")))?;
+        println!("{text}");
+    } else {
+        println!("{}", report.render());
+    }
+    if report.fill.verification.ok {
+        Ok(())
+    } else {
+        Err(BenchError::Verification(format!(
+            "fill: sent {}, produce errors {}",
+            report.fill.verification.sent, report.fill.produce_errors
+        )))
     }
 }
 

@@ -48,5 +48,12 @@ impl BenchError {
     }
 }
 
+impl From<ferry_storage::StorageError> for BenchError {
+    /// Batches the target sent that cannot be walked.
+    fn from(e: ferry_storage::StorageError) -> BenchError {
+        BenchError::Protocol(format!("fetched records: {e}"))
+    }
+}
+
 /// Result of the benchmark tool.
 pub type Result<T, E = BenchError> = std::result::Result<T, E>;

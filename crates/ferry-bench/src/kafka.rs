@@ -12,12 +12,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use ferry_kafka::client::{partition_for_key, Client, ClientConfig};
+use ferry_storage::batch::{visit_fetched_records, BatchBuilder};
 use hdrhistogram::Histogram;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, FetchRequest, FetchResponse, ProduceRequest, ProduceResponse, RequestHeader,
-    ResponseHeader, TopicName,
+    ApiKey, BrokerId, FetchRequest, FetchResponse, ProduceResponse, RequestHeader, ResponseHeader,
+    TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use crate::checker::SequenceChecker;
 use crate::driver::{BoxFuture, ConsumerOutcome, Driver, ProducerOutcome, RunContext};
 use crate::error::{BenchError, Result};
-use crate::message::{for_each_record, BatchEncoder, Stamp};
+use crate::message::Stamp;
 use crate::stats::{latency_histogram, record_latency};
 use crate::workload::Workload;
 
@@ -63,6 +63,8 @@ const OFFSET_OUT_OF_RANGE: i16 = 1;
 const METADATA_ATTEMPTS: u32 = 50;
 /// Pause between metadata attempts.
 const METADATA_BACKOFF: Duration = Duration::from_millis(100);
+/// Least request timeout of the admin client (topic creation, metadata).
+const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 /// Longest sleep of an idle producer, so that it notices the end of the run.
 const PRODUCER_IDLE_SLEEP_MAX: Duration = Duration::from_millis(10);
 
@@ -111,7 +113,11 @@ async fn prepare(
     topics: &[String],
     create_topics: bool,
 ) -> Result<String> {
-    let mut client = Client::connect(ClientConfig::new(bootstrap)).await?;
+    let mut config = ClientConfig::new(bootstrap);
+    // Creating thousands of partitions (W4: 10,000) takes a broker tens of seconds on a
+    // loaded machine; the client's default request timeout is shorter.
+    config.request_timeout = config.request_timeout.max(ADMIN_REQUEST_TIMEOUT);
+    let mut client = Client::connect(config).await?;
     if create_topics {
         let configs: Vec<(String, String)> = workload
             .flush_mode
@@ -208,12 +214,22 @@ pub(crate) async fn read_frame(
         .ok()
         .filter(|&l| l <= max_bytes)
         .ok_or_else(|| BenchError::Protocol(format!("frame length {length} out of range")))?;
-    let mut frame = vec![0u8; length];
-    reader
-        .read_exact(&mut frame)
-        .await
-        .map_err(|e| BenchError::io("read frame", e))?;
-    Ok(Some(Bytes::from(frame)))
+    // Filled by `read_buf` straight into the spare capacity: no zeroing first.
+    let mut frame = BytesMut::with_capacity(length);
+    while frame.len() < length {
+        let mut limited = (&mut *reader).take((length - frame.len()) as u64);
+        let read = limited
+            .read_buf(&mut frame)
+            .await
+            .map_err(|e| BenchError::io("read frame", e))?;
+        if read == 0 {
+            return Err(BenchError::io(
+                "read frame",
+                std::io::ErrorKind::UnexpectedEof.into(),
+            ));
+        }
+    }
+    Ok(Some(frame.freeze()))
 }
 
 /// Decodes a response frame: checks the correlation id, returns the body.
@@ -254,7 +270,7 @@ struct InFlight {
 
 /// One partition's open batch.
 struct Accumulator {
-    encoder: BatchEncoder,
+    encoder: BatchBuilder,
     /// When its first pending message was pushed.
     opened_at: Option<Instant>,
     /// Next sequence of this producer on this partition.
@@ -273,7 +289,7 @@ async fn run_producer(id: u32, ctx: Arc<RunContext>) -> Result<ProducerOutcome> 
     let partitions = w.total_partitions();
     let mut accumulators: Vec<Accumulator> = (0..partitions)
         .map(|_| Accumulator {
-            encoder: BatchEncoder::new(),
+            encoder: BatchBuilder::reusable(),
             opened_at: None,
             next_sequence: 0,
             ready: false,
@@ -291,9 +307,10 @@ async fn run_producer(id: u32, ctx: Arc<RunContext>) -> Result<ProducerOutcome> 
     let mut correlation_id: i32 = 0;
     let mut key_buf = String::new();
 
+    let limit = w.messages_per_producer().unwrap_or(u64::MAX);
     loop {
         let now = Instant::now();
-        if now >= ctx.state.measure_end {
+        if now >= ctx.state.measure_end || generated >= limit {
             break;
         }
         let due = if w.rate_msg_per_s == 0 {
@@ -301,7 +318,8 @@ async fn run_producer(id: u32, ctx: Arc<RunContext>) -> Result<ProducerOutcome> 
         } else {
             let allowed = (now.duration_since(started).as_secs_f64() * rate_per_producer) as u64;
             allowed.saturating_sub(generated).min(GENERATE_CHUNK)
-        };
+        }
+        .min(limit - generated);
         let timestamp_ms = wall_clock_ms();
         for _ in 0..due {
             let partition = if w.keyed {
@@ -324,7 +342,8 @@ async fn run_producer(id: u32, ctx: Arc<RunContext>) -> Result<ProducerOutcome> 
             };
             acc.next_sequence += 1;
             let key = w.keyed.then_some(key_buf.as_bytes());
-            acc.encoder.push(key, &stamp, w.message_bytes, timestamp_ms);
+            acc.encoder
+                .push_padded(key, &stamp.encode(), w.message_bytes, timestamp_ms);
             if acc.opened_at.is_none() {
                 acc.opened_at = Some(now);
                 lingering.push_back((now, partition));
@@ -425,7 +444,7 @@ async fn send_ready(
             .acquire_owned()
             .await
             .map_err(|_| BenchError::Task("in-flight semaphore closed".into()))?;
-        let mut by_topic: Vec<Vec<PartitionProduceData>> = vec![Vec::new(); w.topics as usize];
+        let mut by_topic: Vec<Vec<(i32, Bytes)>> = vec![Vec::new(); w.topics as usize];
         let mut messages = Vec::new();
         let mut bytes = 0;
         while let Some(partition) = ready.pop() {
@@ -436,32 +455,22 @@ async fn send_ready(
             acc.opened_at = None;
             bytes += batch.len();
             let (topic, index) = ctx.split_partition(partition);
-            by_topic[topic].push(
-                PartitionProduceData::default()
-                    .with_index(index)
-                    .with_records(Some(batch)),
-            );
+            by_topic[topic].push((index, batch));
             messages.push((partition, count));
             if bytes >= REQUEST_BYTES_MAX {
                 break;
             }
         }
-        let topic_data = by_topic
-            .into_iter()
-            .enumerate()
-            .filter(|(_, p)| !p.is_empty())
-            .map(|(t, partition_data)| {
-                TopicProduceData::default()
-                    .with_name(TopicName(StrBytes::from_string(ctx.topics[t].clone())))
-                    .with_partition_data(partition_data)
-            })
-            .collect();
-        let request = ProduceRequest::default()
-            .with_acks(w.acks.wire())
-            .with_timeout_ms(PRODUCE_TIMEOUT_MS)
-            .with_topic_data(topic_data);
         *correlation_id = correlation_id.wrapping_add(1);
-        let frame = encode_request(ApiKey::Produce, PRODUCE_VERSION, *correlation_id, &request)?;
+        let frame = encode_produce_frame(
+            *correlation_id,
+            w.acks.wire(),
+            by_topic
+                .into_iter()
+                .enumerate()
+                .filter(|(_, p)| !p.is_empty())
+                .map(|(t, p)| (ctx.topics[t].as_str(), p)),
+        );
         for &(partition, count) in &messages {
             ctx.state.sent_per_partition[partition].fetch_add(count, Ordering::AcqRel);
             ctx.state.sent_total.fetch_add(count, Ordering::Relaxed);
@@ -475,10 +484,92 @@ async fn send_ready(
                 _permit: permit,
             })
             .map_err(|_| BenchError::Task("produce response reader ended early".into()))?;
-        writer
-            .write_all(&frame)
+        write_all_chunks(writer, &frame)
             .await
             .map_err(|e| BenchError::io("send produce request", e))?;
+    }
+    Ok(())
+}
+
+/// Encodes a Produce request frame (length prefix included) as pieces: the small
+/// encoded fields between the batches, and the batches themselves, never copied. The
+/// layout is Produce v[`PRODUCE_VERSION`] with request header v1 (non-flexible).
+fn encode_produce_frame<'a>(
+    correlation_id: i32,
+    acks: i16,
+    topics: impl Iterator<Item = (&'a str, Vec<(i32, Bytes)>)>,
+) -> Vec<Bytes> {
+    let mut chunks = Vec::new();
+    let mut fields = BytesMut::with_capacity(256);
+    fields.put_i32(0); // frame length, filled in below
+    fields.put_i16(ApiKey::Produce as i16);
+    fields.put_i16(PRODUCE_VERSION);
+    fields.put_i32(correlation_id);
+    fields.put_i16(CLIENT_ID.len() as i16);
+    fields.put_slice(CLIENT_ID.as_bytes());
+    fields.put_i16(-1); // transactional id: null
+    fields.put_i16(acks);
+    fields.put_i32(PRODUCE_TIMEOUT_MS);
+    let topics: Vec<_> = topics.collect();
+    fields.put_i32(topics.len() as i32);
+    for (name, partitions) in topics {
+        fields.put_i16(name.len() as i16);
+        fields.put_slice(name.as_bytes());
+        fields.put_i32(partitions.len() as i32);
+        for (index, batch) in partitions {
+            fields.put_i32(index);
+            fields.put_i32(batch.len() as i32);
+            chunks.push(fields.split().freeze());
+            chunks.push(batch);
+        }
+    }
+    if !fields.is_empty() {
+        chunks.push(fields.freeze());
+    }
+    let length: usize = chunks.iter().map(Bytes::len).sum::<usize>() - 4;
+    if let Some(first) = chunks.first_mut() {
+        let mut head = BytesMut::from(&first[..]);
+        head[..4].copy_from_slice(&(length as i32).to_be_bytes());
+        *first = head.freeze();
+    }
+    chunks
+}
+
+/// Most buffers handed to one vectored write.
+const IO_SLICES_MAX: usize = 64;
+
+/// Writes `chunks` back to back with vectored writes.
+async fn write_all_chunks(
+    writer: &mut (impl AsyncWrite + Unpin),
+    chunks: &[Bytes],
+) -> std::io::Result<()> {
+    let (mut index, mut offset) = (0usize, 0usize);
+    while index < chunks.len() {
+        let slices: Vec<std::io::IoSlice<'_>> = chunks[index..]
+            .iter()
+            .take(IO_SLICES_MAX)
+            .enumerate()
+            .map(|(i, c)| std::io::IoSlice::new(if i == 0 { &c[offset..] } else { c }))
+            .collect();
+        let mut written = writer.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 && index < chunks.len() {
+            let left = chunks[index].len() - offset;
+            if written >= left {
+                written -= left;
+                index += 1;
+                offset = 0;
+            } else {
+                offset += written;
+                written = 0;
+            }
+        }
+        while index < chunks.len() && chunks[index].len() == offset {
+            index += 1;
+            offset = 0;
+        }
     }
     Ok(())
 }
@@ -515,12 +606,55 @@ async fn read_produce_responses(
         if ctx.state.is_measured(request.sent_at) {
             record_latency(&mut histogram, received_at - request.sent_at);
         }
-        if failed == 0 && ctx.state.is_measured(received_at) {
+        if failed == 0 {
             let acked: u64 = request.messages.iter().map(|&(_, n)| n).sum();
-            ctx.state.sent_measured.fetch_add(acked, Ordering::Relaxed);
+            let w = &ctx.workload;
+            ctx.state.acknowledged(
+                acked * w.message_bytes as u64,
+                w.produce_step_bytes,
+                received_at,
+            );
+            if ctx.state.is_measured(received_at) {
+                ctx.state.sent_measured.fetch_add(acked, Ordering::Relaxed);
+            }
         }
     }
     Ok(histogram)
+}
+
+/// One probe of a (re)starting broker: whether a Fetch of `topic` partition 0 from offset
+/// 0 is answered with records.
+pub(crate) async fn fetch_served(address: &str, topic: &str) -> Result<bool> {
+    let mut stream = connect(address).await?;
+    let request = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(0)
+        .with_min_bytes(1)
+        .with_max_bytes(FETCH_MAX_BYTES)
+        .with_session_id(0)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.to_owned())))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(FETCH_PARTITION_MAX_BYTES)
+                .with_log_start_offset(-1)
+                .with_current_leader_epoch(-1)])]);
+    let frame = encode_request(ApiKey::Fetch, FETCH_VERSION, 1, &request)?;
+    stream
+        .write_all(&frame)
+        .await
+        .map_err(|e| BenchError::io("send fetch request", e))?;
+    let Some(frame) = read_frame(&mut stream, RESPONSE_BYTES_MAX).await? else {
+        return Ok(false);
+    };
+    let response: FetchResponse = decode_response(frame, ApiKey::Fetch, FETCH_VERSION, 1)?;
+    Ok(response.responses.iter().any(|t| {
+        t.partitions
+            .iter()
+            .any(|p| p.error_code == 0 && p.records.as_ref().is_some_and(|r| !r.is_empty()))
+    }))
 }
 
 async fn run_consumer(
@@ -638,9 +772,9 @@ async fn run_consumer(
                     continue;
                 };
                 let mut consumed = 0u64;
-                offsets[i] = for_each_record(records, offsets[i], |_, value| {
+                offsets[i] = visit_fetched_records(records, offsets[i], |_, record| {
                     consumed += 1;
-                    match Stamp::decode(value) {
+                    match record.value.and_then(Stamp::decode) {
                         Some(stamp) => {
                             checker.observe(g as u32, stamp.producer, stamp.sequence);
                             if stamp.sent_ns >= measure_start_ns && stamp.sent_ns < measure_end_ns {
@@ -652,7 +786,7 @@ async fn run_consumer(
                         }
                         None => checker.unreadable(),
                     }
-                    Ok(())
+                    Ok::<(), BenchError>(())
                 })?;
                 if consumed > 0 {
                     ctx.state.consumed_per_partition[g].fetch_add(consumed, Ordering::AcqRel);
@@ -684,4 +818,46 @@ async fn run_consumer(
         end_to_end_latency: histogram,
         checks: checker.counts(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::{ProduceRequest, RequestHeader};
+
+    #[tokio::test]
+    async fn hand_encoded_produce_frames_decode_as_produce_requests() {
+        let batch = |n: u8| {
+            let mut builder = BatchBuilder::reusable();
+            builder.push_record(None, Some(&[n; 30]), &[], 0);
+            builder.finish()
+        };
+        let chunks = encode_produce_frame(
+            7,
+            -1,
+            vec![
+                ("alpha", vec![(0, batch(1)), (3, batch(2))]),
+                ("b", vec![(1, batch(3))]),
+            ]
+            .into_iter(),
+        );
+        let (mut near, mut far) = tokio::io::duplex(5);
+        let reader = tokio::spawn(async move { read_frame(&mut far, 1 << 20).await });
+        write_all_chunks(&mut near, &chunks).await.expect("write");
+        drop(near);
+        let mut frame = reader.await.expect("task").expect("read").expect("frame");
+        let header = RequestHeader::decode(&mut frame, 1).expect("header");
+        assert_eq!(header.correlation_id, 7);
+        assert_eq!(header.request_api_version, PRODUCE_VERSION);
+        let request = ProduceRequest::decode(&mut frame, PRODUCE_VERSION).expect("body");
+        assert_eq!(request.acks, -1);
+        assert_eq!(request.topic_data.len(), 2);
+        assert_eq!(request.topic_data[0].name.0.as_str(), "alpha");
+        assert_eq!(request.topic_data[0].partition_data[1].index, 3);
+        assert_eq!(
+            request.topic_data[1].partition_data[0].records,
+            Some(batch(3))
+        );
+        assert!(frame.is_empty());
+    }
 }

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::checker::CheckCounts;
 use crate::driver::{Driver, RunContext};
 use crate::error::{BenchError, Result};
-use crate::stats::{latency_histogram, LatencySummary, Report, RunState, Throughput, Verification};
+use crate::rss::RssSampler;
+use crate::stats::{
+    latency_histogram, step_rates, LatencySummary, Report, RunState, Throughput, Verification,
+};
 use crate::workload::Workload;
 
 /// Interval of the live progress line.
@@ -44,6 +47,18 @@ pub async fn run(
     target: &Target,
     progress: bool,
 ) -> Result<Report> {
+    run_with(driver, workload, target, progress, None).await
+}
+
+/// [`run`], also sampling the resident set of the broker process `broker_pid` (Linux
+/// `/proc`) during the run and reporting its maximum.
+pub async fn run_with(
+    driver: Arc<dyn Driver>,
+    workload: &Workload,
+    target: &Target,
+    progress: bool,
+    broker_pid: Option<u32>,
+) -> Result<Report> {
     workload.validate()?;
     let run_id = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -68,7 +83,11 @@ pub async fn run(
     let address = driver
         .prepare(&bootstrap, workload, &topics, baseline.is_none())
         .await?;
-    let result = drive(driver, workload, target, topics, address, progress).await;
+    let sampler = broker_pid.map(RssSampler::start);
+    let mut result = drive(driver, workload, target, topics, address, progress).await;
+    if let (Some(sampler), Ok(report)) = (sampler, result.as_mut()) {
+        report.broker_max_rss_bytes = sampler.stop().await;
+    }
     if let Some(server) = baseline {
         server.stop().await;
     }
@@ -89,17 +108,26 @@ async fn drive(
         address: address.clone(),
         state: RunState::new(workload),
     });
-    // Consumers first, so that they wait for the first messages rather than catch up.
+    // Consumers first, so that they wait for the first messages rather than catch up;
+    // or only after the producers, to measure catching up on a backlog.
     let partitions = workload.total_partitions();
-    let mut consumers = Vec::new();
-    for id in 0..workload.consumers {
-        let assigned: Vec<usize> = (0..partitions)
-            .filter(|p| p % workload.consumers as usize == id as usize)
-            .collect();
-        if !assigned.is_empty() {
-            consumers.push(tokio::spawn(driver.consumer(id, assigned, ctx.clone())));
+    let spawn_consumers = |ctx: &Arc<RunContext>| {
+        let mut consumers = Vec::new();
+        for id in 0..workload.consumers {
+            let assigned: Vec<usize> = (0..partitions)
+                .filter(|p| p % workload.consumers as usize == id as usize)
+                .collect();
+            if !assigned.is_empty() {
+                consumers.push(tokio::spawn(driver.consumer(id, assigned, ctx.clone())));
+            }
         }
-    }
+        consumers
+    };
+    let mut consumers = if workload.consume_after_produce {
+        Vec::new()
+    } else {
+        spawn_consumers(&ctx)
+    };
     let producers: Vec<_> = (0..workload.producers)
         .map(|id| tokio::spawn(driver.producer(id, ctx.clone())))
         .collect();
@@ -120,7 +148,11 @@ async fn drive(
             }
         }
     }
+    let producers_done_at = Instant::now();
     ctx.state.producers_done.store(true, Ordering::Release);
+    if workload.consume_after_produce && failure.is_none() {
+        consumers = spawn_consumers(&ctx);
+    }
     let mut end_to_end = latency_histogram();
     let mut checks = CheckCounts::default();
     for consumer in consumers {
@@ -171,22 +203,68 @@ async fn drive(
         && checks.clean()
         && checks.in_order == sent
         && produce_errors == 0;
-    let measured_s = workload.duration_s;
+    let consumers_done_at = Instant::now();
+    let acked_messages = state.acked_bytes.load(Ordering::Acquire) / workload.message_bytes as u64;
+    let ok = if workload.produce_only() {
+        produce_errors == 0 && acked_messages == sent
+    } else {
+        ok
+    };
+    // A backlog run is measured from its start to the last acknowledgement; a timed run
+    // over its measured window.
+    let backlog = workload.produce_bytes > 0;
+    let produce_s = if backlog {
+        producers_done_at.duration_since(state.start).as_secs_f64()
+    } else {
+        workload.duration_s
+    };
+    let catch_up = (workload.consume_after_produce && workload.consumers > 0).then(|| {
+        Throughput::of(
+            consumed,
+            workload.message_bytes,
+            consumers_done_at
+                .duration_since(producers_done_at)
+                .as_secs_f64()
+                .max(1e-9),
+        )
+    });
+    let consume = match (&catch_up, backlog) {
+        (Some(c), _) => c.clone(),
+        (None, true) => Throughput::of(
+            consumed,
+            workload.message_bytes,
+            consumers_done_at
+                .duration_since(state.start)
+                .as_secs_f64()
+                .max(1e-9),
+        ),
+        (None, false) => Throughput::of(
+            state.consumed_measured.load(Ordering::Acquire),
+            workload.message_bytes,
+            workload.duration_s,
+        ),
+    };
+    let produce_steps = state
+        .produce_steps
+        .lock()
+        .map(|steps| step_rates(state.start, &steps, workload.produce_step_bytes))
+        .unwrap_or_default();
     Ok(Report {
         target: target.name().to_owned(),
         address,
+        topics: ctx.topics.clone(),
         workload: workload.clone(),
-        measured_s,
+        measured_s: produce_s,
         produce: Throughput::of(
-            state.sent_measured.load(Ordering::Acquire),
+            if backlog {
+                acked_messages
+            } else {
+                state.sent_measured.load(Ordering::Acquire)
+            },
             workload.message_bytes,
-            measured_s,
+            produce_s.max(1e-9),
         ),
-        consume: Throughput::of(
-            state.consumed_measured.load(Ordering::Acquire),
-            workload.message_bytes,
-            measured_s,
-        ),
+        consume,
         end_to_end_latency: LatencySummary::of(&end_to_end),
         publish_latency: LatencySummary::of(&publish),
         produce_errors,
@@ -198,6 +276,9 @@ async fn drive(
             checks,
             ok,
         },
+        produce_steps_mb_per_s: produce_steps,
+        catch_up,
+        broker_max_rss_bytes: None,
     })
 }
 

@@ -1,6 +1,7 @@
 //! Counters shared by the driver tasks, latency histograms, and the final report.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -54,6 +55,10 @@ pub struct RunState {
     pub consume_errors: AtomicU64,
     /// Set when every producer has finished.
     pub producers_done: AtomicBool,
+    /// Value bytes acknowledged so far.
+    pub acked_bytes: AtomicU64,
+    /// When the acknowledged bytes crossed each multiple of the workload's produce step.
+    pub produce_steps: Mutex<Vec<Instant>>,
 }
 
 impl RunState {
@@ -75,6 +80,20 @@ impl RunState {
             produce_errors: AtomicU64::new(0),
             consume_errors: AtomicU64::new(0),
             producers_done: AtomicBool::new(false),
+            acked_bytes: AtomicU64::new(0),
+            produce_steps: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Counts `bytes` more acknowledged value bytes, noting the time of every produce
+    /// step they complete.
+    pub fn acknowledged(&self, bytes: u64, step_bytes: u64, at: Instant) {
+        let before = self.acked_bytes.fetch_add(bytes, Ordering::AcqRel);
+        let crossed = (before + bytes) / step_bytes - before / step_bytes;
+        if crossed > 0 {
+            if let Ok(mut steps) = self.produce_steps.lock() {
+                steps.extend(std::iter::repeat_n(at, crossed as usize));
+            }
         }
     }
 
@@ -171,6 +190,8 @@ pub struct Report {
     pub target: String,
     /// The address driven.
     pub address: String,
+    /// The topics the run created and used.
+    pub topics: Vec<String>,
     /// The workload.
     pub workload: Workload,
     /// Length of the measured window in seconds.
@@ -189,6 +210,13 @@ pub struct Report {
     pub consume_errors: u64,
     /// Once-and-in-order check.
     pub verification: Verification,
+    /// Produce MB/s over each produce step (e.g. each GB) in order.
+    pub produce_steps_mb_per_s: Vec<f64>,
+    /// With consumers started after the producers: their catch-up consume throughput,
+    /// from their start until everything was read.
+    pub catch_up: Option<Throughput>,
+    /// Largest resident set of the broker process seen during the run (sampled), bytes.
+    pub broker_max_rss_bytes: Option<u64>,
 }
 
 impl Report {
@@ -245,8 +273,50 @@ impl Report {
             v.checks.duplicates,
             v.checks.gaps,
             v.checks.unreadable,
-        )
+        ) + &self.render_extras()
     }
+
+    fn render_extras(&self) -> String {
+        let mut out = String::new();
+        if let (Some(first), Some(last)) = (
+            self.produce_steps_mb_per_s.first(),
+            self.produce_steps_mb_per_s.last(),
+        ) {
+            out += &format!(
+                "produce per {} B step: {} MB/s (last/first {:.1}%)\n",
+                self.workload.produce_step_bytes,
+                self.produce_steps_mb_per_s
+                    .iter()
+                    .map(|r| format!("{r:.1}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                last / first * 100.0
+            );
+        }
+        if let Some(c) = &self.catch_up {
+            out += &format!(
+                "catch-up consume: {:.0} msg/s  {:.1} MB/s ({} messages)\n",
+                c.msg_per_s, c.mb_per_s, c.messages
+            );
+        }
+        if let Some(rss) = self.broker_max_rss_bytes {
+            out += &format!("broker max RSS: {:.1} MB\n", rss as f64 / 1e6);
+        }
+        out
+    }
+}
+
+/// MB/s of each produce step, from the run's start and the step completion times.
+pub fn step_rates(start: Instant, steps: &[Instant], step_bytes: u64) -> Vec<f64> {
+    let mut previous = start;
+    steps
+        .iter()
+        .map(|&at| {
+            let seconds = at.duration_since(previous).as_secs_f64().max(1e-9);
+            previous = at;
+            step_bytes as f64 / seconds / 1e6
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -269,6 +339,21 @@ mod tests {
             LatencySummary::of(&latency_histogram()),
             LatencySummary::default()
         );
+    }
+
+    #[test]
+    fn produce_steps_are_noted_when_crossed() {
+        let state = RunState::new(&Workload::default());
+        let t0 = state.start;
+        state.acknowledged(600, 1_000, t0 + Duration::from_secs(1));
+        state.acknowledged(600, 1_000, t0 + Duration::from_secs(2));
+        state.acknowledged(2_000, 1_000, t0 + Duration::from_secs(4));
+        let steps = state.produce_steps.lock().expect("lock").clone();
+        assert_eq!(steps.len(), 3);
+        let rates = step_rates(t0, &steps, 1_000);
+        assert_eq!(rates.len(), 3);
+        assert!((rates[0] - 0.0005).abs() < 1e-9);
+        assert!((rates[1] - 0.0005).abs() < 1e-9);
     }
 
     #[test]

@@ -121,6 +121,15 @@ pub struct Workload {
     pub protocol: Protocol,
     /// AMQP settings (used with `protocol = "amqp"`).
     pub amqp: crate::amqp::AmqpOptions,
+    /// When non-zero, producers stop after this many value bytes in all rather than after
+    /// warm-up plus duration (which then only caps the run): a backlog workload.
+    pub produce_bytes: u64,
+    /// Start consumers only once every producer is done, reading from the earliest
+    /// offset (catch-up consumption); with `consumers = 0`, nothing is consumed.
+    pub consume_after_produce: bool,
+    /// Produce throughput is also reported per step of this many acknowledged value bytes
+    /// (e.g. per GB, to show that the rate holds as the log grows).
+    pub produce_step_bytes: u64,
 }
 
 impl Default for Workload {
@@ -144,6 +153,9 @@ impl Default for Workload {
             drain_timeout_s: 30.0,
             protocol: Protocol::Kafka,
             amqp: crate::amqp::AmqpOptions::default(),
+            produce_bytes: 0,
+            consume_after_produce: false,
+            produce_step_bytes: 1_000_000_000,
         }
     }
 }
@@ -178,8 +190,13 @@ impl Workload {
         if self.producers == 0 || self.producers > CLIENTS_MAX {
             return bad(format!("producers must be 1..={CLIENTS_MAX}"));
         }
-        if self.consumers == 0 || self.consumers > CLIENTS_MAX {
-            return bad(format!("consumers must be 1..={CLIENTS_MAX}"));
+        if self.consumers > CLIENTS_MAX || (self.consumers == 0 && !self.produce_only()) {
+            return bad(format!(
+                "consumers must be 1..={CLIENTS_MAX} (0 only with produce_bytes and consume_after_produce)"
+            ));
+        }
+        if self.produce_step_bytes == 0 {
+            return bad("produce step must be positive".to_owned());
         }
         if self.acks == Acks::Zero {
             // Nothing tells an acks=0 producer that a request was refused, so losses could
@@ -205,6 +222,20 @@ impl Workload {
             crate::amqp::validate(self)?;
         }
         Ok(())
+    }
+
+    /// Whether the run only produces (a fill): nothing is consumed or checked for order,
+    /// only that every produce was acknowledged.
+    pub fn produce_only(&self) -> bool {
+        self.consumers == 0 && self.produce_bytes > 0 && self.consume_after_produce
+    }
+
+    /// Messages each producer sends in a backlog workload (`None`: run by time).
+    pub fn messages_per_producer(&self) -> Option<u64> {
+        (self.produce_bytes > 0).then(|| {
+            let total = self.produce_bytes.div_ceil(self.message_bytes as u64);
+            total.div_ceil(self.producers as u64)
+        })
     }
 
     /// Total partitions over all topics.
@@ -262,5 +293,20 @@ mod tests {
         assert_eq!(w.flush_mode, Some(FlushMode::Sync));
         assert!(w.keyed);
         assert!(toml::from_str::<Workload>("partitons = 4").is_err());
+    }
+
+    #[test]
+    fn the_issue_workload_files_parse_and_validate() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/workloads");
+        for n in 1..=7 {
+            let path = dir.join(format!("w{n}.toml"));
+            let path = path.to_str().expect("utf-8 path");
+            let w = Workload::from_toml(path).expect("parses");
+            w.validate().expect("valid");
+        }
+        let w5 = Workload::from_toml(dir.join("w5.toml").to_str().expect("path")).expect("w5");
+        assert!(w5.consume_after_produce && w5.produce_bytes > 0);
+        let w6 = Workload::from_toml(dir.join("w6.toml").to_str().expect("path")).expect("w6");
+        assert!(w6.produce_only());
     }
 }

@@ -44,8 +44,10 @@ pub const PARTITIONS_PER_TOPIC_MAX: u32 = 10_000;
 pub const DEFAULT_RETENTION_CHECK_INTERVAL_MS: u64 = 300_000;
 /// Shortest retention interval honoured, so a zero in a config file cannot spin.
 const RETENTION_CHECK_INTERVAL_MIN_MS: u64 = 10;
-/// How often producer state is snapshotted (bounds the log scan at the next start).
-const PRODUCER_SNAPSHOT_INTERVAL_MS: u64 = 30_000;
+/// How often producer state is snapshotted: after a crash each partition re-reads what
+/// was appended since its snapshot, so this bounds restart time (as the storage
+/// checkpoint interval does).
+const PRODUCER_SNAPSHOT_INTERVAL_MS: u64 = 5_000;
 /// Records of a producer snapshot are appended in batches of about this many bytes.
 const PRODUCER_SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// Flushing of the producer-snapshot log: a lost snapshot only means a longer scan.

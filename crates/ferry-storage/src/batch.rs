@@ -188,32 +188,61 @@ pub struct Record {
     pub headers: Vec<(String, Option<bytes::Bytes>)>,
 }
 
-/// Builds one uncompressed RecordBatch v2 (base offset 0; the log assigns offsets).
-#[derive(Debug, Default)]
+/// Builds uncompressed RecordBatch v2 batches (base offset 0; the log assigns offsets)
+/// in one reused buffer, without allocating per record: the header is reserved up front,
+/// each record is encoded in place, and [`BatchBuilder::finish`] fills in the header and
+/// CRC and starts the next batch in the same buffer.
+#[derive(Debug)]
 pub struct BatchBuilder {
+    /// The batch being built: a reserved header, then the encoded records.
+    buf: BytesMut,
+    /// Base timestamp given at construction; `None`: each batch's first record's.
+    fixed_base_timestamp_ms: Option<i64>,
     base_timestamp_ms: i64,
     max_timestamp_ms: i64,
     record_count: i32,
     producer_id: i64,
     producer_epoch: i16,
     base_sequence: i32,
-    /// Encoded records, appended as they are pushed.
-    records: BytesMut,
 }
+
+impl Default for BatchBuilder {
+    fn default() -> Self {
+        BatchBuilder::reusable()
+    }
+}
+
+/// A record header as pushed: a name and a nullable value.
+pub type HeaderRef<'a> = (&'a str, Option<&'a [u8]>);
 
 impl BatchBuilder {
     /// A builder whose records get `base_timestamp_ms` plus their `timestamp_delta`.
     pub fn new(base_timestamp_ms: i64) -> Self {
+        BatchBuilder::with_base(Some(base_timestamp_ms))
+    }
+
+    /// A builder for a stream of batches (producers): each batch's base timestamp is its
+    /// first record's.
+    pub fn reusable() -> Self {
+        BatchBuilder::with_base(None)
+    }
+
+    fn with_base(fixed_base_timestamp_ms: Option<i64>) -> Self {
+        let mut buf = BytesMut::new();
+        buf.put_bytes(0, BATCH_HEADER_BYTES);
+        let base = fixed_base_timestamp_ms.unwrap_or(0);
         BatchBuilder {
-            base_timestamp_ms,
-            max_timestamp_ms: base_timestamp_ms,
+            buf,
+            fixed_base_timestamp_ms,
+            base_timestamp_ms: base,
+            max_timestamp_ms: base,
             record_count: 0,
             producer_id: -1,
             producer_epoch: -1,
             base_sequence: -1,
-            records: BytesMut::new(),
         }
     }
+
     /// Marks the batch as written by an idempotent producer (default: none, all -1).
     pub fn with_producer(
         mut self,
@@ -226,71 +255,273 @@ impl BatchBuilder {
         self.base_sequence = base_sequence;
         self
     }
-    /// Number of records pushed so far.
+
+    /// Number of records pushed since the batch started.
     pub fn len(&self) -> usize {
         self.record_count as usize
     }
+
     /// Whether no record was pushed (an empty batch is rejected by `PartitionLog::append`).
     pub fn is_empty(&self) -> bool {
         self.record_count == 0
     }
-    /// Adds a record; its offset delta is its position in the batch.
+
+    /// Bytes the batch would have if finished now.
+    pub fn encoded_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Adds a record from owned parts (convenience for callers holding `Bytes`); its
+    /// offset delta is its position in the batch.
     pub fn push(
         &mut self,
-        key: Option<bytes::Bytes>,
-        value: Option<bytes::Bytes>,
-        headers: Vec<(String, Option<bytes::Bytes>)>,
+        key: Option<Bytes>,
+        value: Option<Bytes>,
+        headers: Vec<(String, Option<Bytes>)>,
         timestamp_ms: i64,
     ) {
-        let mut body = BytesMut::with_capacity(
-            32 + key.as_ref().map_or(0, |k| k.len())
-                + value.as_ref().map_or(0, |v| v.len())
-                + headers
-                    .iter()
-                    .map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.len()) + 10)
-                    .sum::<usize>(),
-        );
-        body.put_i8(0); // record attributes: unused
-        put_varlong(&mut body, timestamp_ms.wrapping_sub(self.base_timestamp_ms));
-        put_varint(&mut body, self.record_count);
-        put_nullable_bytes(&mut body, key.as_deref());
-        put_nullable_bytes(&mut body, value.as_deref());
-        put_varint(&mut body, headers.len() as i32);
-        for (name, value) in &headers {
-            put_nullable_bytes(&mut body, Some(name.as_bytes()));
-            put_nullable_bytes(&mut body, value.as_deref());
-        }
-        put_varint(&mut self.records, body.len() as i32);
-        self.records.put_slice(&body);
-        self.max_timestamp_ms = if self.record_count == 0 {
-            timestamp_ms
+        let headers: Vec<HeaderRef<'_>> = headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_deref()))
+            .collect();
+        self.push_record(key.as_deref(), value.as_deref(), &headers, timestamp_ms);
+    }
+
+    /// Adds a record from borrowed parts, encoding it in place.
+    pub fn push_record(
+        &mut self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[HeaderRef<'_>],
+        timestamp_ms: i64,
+    ) {
+        let value_len = value.map(<[u8]>::len);
+        self.push_encoded(key, value_len, headers, timestamp_ms, |buf| {
+            if let Some(value) = value {
+                buf.put_slice(value);
+            }
+        });
+    }
+
+    /// Adds a record whose value is `value_prefix` followed by zero bytes up to
+    /// `value_bytes` in all (at least the prefix): generated payloads without building
+    /// them in a separate buffer first.
+    pub fn push_padded(
+        &mut self,
+        key: Option<&[u8]>,
+        value_prefix: &[u8],
+        value_bytes: usize,
+        timestamp_ms: i64,
+    ) {
+        let value_bytes = value_bytes.max(value_prefix.len());
+        self.push_encoded(key, Some(value_bytes), &[], timestamp_ms, |buf| {
+            buf.put_slice(value_prefix);
+            buf.put_bytes(0, value_bytes - value_prefix.len());
+        });
+    }
+
+    /// Encodes one record whose value (`value_len` bytes, `None` for null) is written by
+    /// `put_value`.
+    fn push_encoded(
+        &mut self,
+        key: Option<&[u8]>,
+        value_len: Option<usize>,
+        headers: &[HeaderRef<'_>],
+        timestamp_ms: i64,
+        put_value: impl FnOnce(&mut BytesMut),
+    ) {
+        if self.record_count == 0 {
+            self.base_timestamp_ms = self.fixed_base_timestamp_ms.unwrap_or(timestamp_ms);
+            self.max_timestamp_ms = timestamp_ms;
         } else {
-            self.max_timestamp_ms.max(timestamp_ms)
-        };
+            self.max_timestamp_ms = self.max_timestamp_ms.max(timestamp_ms);
+        }
+        let timestamp_delta = timestamp_ms.wrapping_sub(self.base_timestamp_ms);
+        let offset_delta = self.record_count as i64;
+        let nullable_len = |len: Option<usize>| len.map_or(-1, |l| l as i64);
+        let key_len = nullable_len(key.map(<[u8]>::len));
+        let value_len_field = nullable_len(value_len);
+        let headers_bytes: usize = headers
+            .iter()
+            .map(|(name, value)| {
+                varlong_len(name.len() as i64)
+                    + name.len()
+                    + varlong_len(nullable_len(value.map(<[u8]>::len)))
+                    + value.map_or(0, <[u8]>::len)
+            })
+            .sum();
+        let body_len = 1
+            + varlong_len(timestamp_delta)
+            + varlong_len(offset_delta)
+            + varlong_len(key_len)
+            + key.map_or(0, <[u8]>::len)
+            + varlong_len(value_len_field)
+            + value_len.unwrap_or(0)
+            + varlong_len(headers.len() as i64)
+            + headers_bytes;
+        self.buf.reserve(body_len + VARINT_BYTES_MAX);
+        put_varlong(&mut self.buf, body_len as i64);
+        self.buf.put_i8(0); // record attributes: unused
+        put_varlong(&mut self.buf, timestamp_delta);
+        put_varlong(&mut self.buf, offset_delta);
+        put_nullable_bytes(&mut self.buf, key);
+        put_varlong(&mut self.buf, value_len_field);
+        put_value(&mut self.buf);
+        put_varlong(&mut self.buf, headers.len() as i64);
+        for (name, value) in headers {
+            put_nullable_bytes(&mut self.buf, Some(name.as_bytes()));
+            put_nullable_bytes(&mut self.buf, *value);
+        }
         self.record_count += 1;
     }
-    /// Encodes the batch with its CRC.
-    pub fn build(self) -> bytes::Bytes {
-        let total = BATCH_HEADER_BYTES + self.records.len();
-        let mut buf = BytesMut::with_capacity(total);
-        buf.put_i64(0); // base offset: assigned by the log
-        buf.put_i32((total - LOG_OVERHEAD_BYTES) as i32);
-        buf.put_i32(-1); // partition leader epoch: assigned by the log
-        buf.put_i8(MAGIC_V2);
-        buf.put_u32(0); // CRC, filled in below
-        buf.put_i16(0); // attributes: uncompressed, create time
-        buf.put_i32((self.record_count - 1).max(0));
-        buf.put_i64(self.base_timestamp_ms);
-        buf.put_i64(self.max_timestamp_ms);
-        buf.put_i64(self.producer_id);
-        buf.put_i16(self.producer_epoch);
-        buf.put_i32(self.base_sequence);
-        buf.put_i32(self.record_count);
-        buf.put_slice(&self.records);
-        let crc = crc32c::crc32c(&buf[ATTRIBUTES_POS..]);
-        buf[CRC_POS..CRC_POS + 4].copy_from_slice(&crc.to_be_bytes());
-        buf.freeze()
+
+    /// Fills in the header and CRC and returns the batch; the builder is empty again and
+    /// builds the next batch in the same buffer (with the same producer fields).
+    pub fn finish(&mut self) -> Bytes {
+        let total = self.buf.len();
+        let header = &mut self.buf[..BATCH_HEADER_BYTES];
+        header[BASE_OFFSET_POS..BATCH_LENGTH_POS].copy_from_slice(&0i64.to_be_bytes());
+        header[BATCH_LENGTH_POS..LEADER_EPOCH_POS]
+            .copy_from_slice(&((total - LOG_OVERHEAD_BYTES) as i32).to_be_bytes());
+        // Partition leader epoch: assigned by the log.
+        header[LEADER_EPOCH_POS..MAGIC_POS].copy_from_slice(&(-1i32).to_be_bytes());
+        header[MAGIC_POS] = MAGIC_V2 as u8;
+        // Attributes: uncompressed, create time.
+        header[ATTRIBUTES_POS..LAST_OFFSET_DELTA_POS].copy_from_slice(&0i16.to_be_bytes());
+        header[LAST_OFFSET_DELTA_POS..BASE_TIMESTAMP_POS]
+            .copy_from_slice(&(self.record_count - 1).max(0).to_be_bytes());
+        header[BASE_TIMESTAMP_POS..MAX_TIMESTAMP_POS]
+            .copy_from_slice(&self.base_timestamp_ms.to_be_bytes());
+        header[MAX_TIMESTAMP_POS..PRODUCER_ID_POS]
+            .copy_from_slice(&self.max_timestamp_ms.to_be_bytes());
+        header[PRODUCER_ID_POS..PRODUCER_EPOCH_POS]
+            .copy_from_slice(&self.producer_id.to_be_bytes());
+        header[PRODUCER_EPOCH_POS..BASE_SEQUENCE_POS]
+            .copy_from_slice(&self.producer_epoch.to_be_bytes());
+        header[BASE_SEQUENCE_POS..RECORD_COUNT_POS]
+            .copy_from_slice(&self.base_sequence.to_be_bytes());
+        header[RECORD_COUNT_POS..BATCH_HEADER_BYTES]
+            .copy_from_slice(&self.record_count.to_be_bytes());
+        let crc = compute_crc(&self.buf);
+        self.buf[CRC_POS..ATTRIBUTES_POS].copy_from_slice(&crc.to_be_bytes());
+        let batch = self.buf.split().freeze();
+        self.buf.put_bytes(0, BATCH_HEADER_BYTES);
+        self.record_count = 0;
+        let base = self.fixed_base_timestamp_ms.unwrap_or(0);
+        self.base_timestamp_ms = base;
+        self.max_timestamp_ms = base;
+        batch
     }
+
+    /// Encodes the batch with its CRC.
+    pub fn build(mut self) -> Bytes {
+        self.finish()
+    }
+}
+
+/// One record of an uncompressed records section, borrowed from it (no allocation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    /// Offset relative to the batch's base offset.
+    pub offset_delta: i32,
+    /// Timestamp relative to the batch's base timestamp.
+    pub timestamp_delta: i64,
+    /// Record key, `None` if null.
+    pub key: Option<&'a [u8]>,
+    /// Record value, `None` if null (a tombstone).
+    pub value: Option<&'a [u8]>,
+    /// The encoded headers (already checked by the walk that produced this view).
+    headers: &'a [u8],
+    header_count: usize,
+}
+
+impl<'a> RecordView<'a> {
+    /// Number of record headers.
+    pub fn header_count(&self) -> usize {
+        self.header_count
+    }
+
+    /// Calls `each(name, value)` for every header, in order.
+    pub fn for_each_header(&self, mut each: impl FnMut(&'a str, Option<&'a [u8]>)) -> Result<()> {
+        let mut cursor = Cursor {
+            buf: self.headers,
+            pos: 0,
+        };
+        for _ in 0..self.header_count {
+            let (name, value) = cursor.header()?;
+            each(name, value);
+        }
+        Ok(())
+    }
+}
+
+/// Walks the `count` records of an uncompressed records section (after the batch header,
+/// or a decompressed records section) without allocating, checking every length, header
+/// and that the records fill the section exactly; calls `visit` for each.
+pub fn visit_records<'a, E: From<StorageError>>(
+    body: &'a [u8],
+    count: i32,
+    mut visit: impl FnMut(RecordView<'a>) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    let mut cursor = Cursor { buf: body, pos: 0 };
+    for _ in 0..count {
+        let view = cursor.record()?;
+        visit(view)?;
+    }
+    if cursor.pos != body.len() {
+        return Err(corrupt(format!(
+            "{} bytes after the last record",
+            body.len() - cursor.pos
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Walks every record at or after `from_offset` in the whole batches at the start of
+/// `records` (a fetch response's records: a partial batch at the end, which brokers may
+/// send at the size limit, is ignored; control batches are skipped), calling
+/// `visit(offset, record)`. Returns the offset after the last whole batch (`from_offset`
+/// if none). Compressed batches are an error: the caller must decompress them.
+pub fn visit_fetched_records<'a, E: From<StorageError>>(
+    records: &'a [u8],
+    from_offset: i64,
+    mut visit: impl FnMut(i64, RecordView<'a>) -> std::result::Result<(), E>,
+) -> std::result::Result<i64, E> {
+    let mut next_offset = from_offset;
+    let mut pos = 0;
+    while records.len() - pos >= BATCH_HEADER_BYTES {
+        let header = BatchHeader::parse(&records[pos..])?;
+        let end = pos + header.total_bytes();
+        if end > records.len() {
+            break;
+        }
+        if header.compression() != 0 {
+            return Err(corrupt(format!(
+                "batch at offset {} is compressed with codec {}",
+                header.base_offset,
+                header.compression()
+            ))
+            .into());
+        }
+        if !header.is_control() && header.last_offset() >= from_offset {
+            visit_records(
+                &records[pos + BATCH_HEADER_BYTES..end],
+                header.record_count,
+                |record| {
+                    let offset = header.base_offset + record.offset_delta as i64;
+                    if offset >= from_offset {
+                        visit(offset, record)
+                    } else {
+                        Ok(())
+                    }
+                },
+            )?;
+        }
+        next_offset = next_offset.max(header.last_offset() + 1);
+        pos = end;
+    }
+    Ok(next_offset)
 }
 
 /// Computes the CRC32C a batch should carry (over `attributes` to the end).
@@ -374,6 +605,24 @@ pub(crate) fn set_base_offset_and_epoch(batch: &mut [u8], base_offset: i64, lead
     batch[LEADER_EPOCH_POS..LEADER_EPOCH_POS + 4].copy_from_slice(&leader_epoch.to_be_bytes());
 }
 
+/// Bytes at the start of a batch that hold every field the log rewrites on append (base
+/// offset, batch length, partition leader epoch); the CRC covers none of them.
+pub(crate) const REWRITTEN_PREFIX_BYTES: usize = LEADER_EPOCH_POS + 4;
+
+/// The first [`REWRITTEN_PREFIX_BYTES`] of `batch` with its base offset and leader epoch
+/// replaced, so that an append can write the new prefix and the rest of the producer's
+/// bytes without copying the batch. `batch` must hold at least a whole header.
+pub(crate) fn rewritten_prefix(
+    batch: &[u8],
+    base_offset: i64,
+    leader_epoch: i32,
+) -> [u8; REWRITTEN_PREFIX_BYTES] {
+    let mut prefix = [0u8; REWRITTEN_PREFIX_BYTES];
+    prefix.copy_from_slice(&batch[..REWRITTEN_PREFIX_BYTES]);
+    set_base_offset_and_epoch(&mut prefix, base_offset, leader_epoch);
+    prefix
+}
+
 /// Splits `buf` into whole batches, checking each length (and CRC if `verify_crc`).
 /// A trailing partial batch is an error.
 pub fn split_batches(
@@ -427,78 +676,31 @@ pub fn decode_record_section(body: &[u8], count: i32) -> Result<Vec<Record>> {
     // A hostile count cannot make us allocate more than the bytes could hold.
     let mut records =
         Vec::with_capacity((count.max(0) as usize).min(body.len() / RECORD_BYTES_MIN));
-    let mut cursor = Cursor { buf: body, pos: 0 };
-    for _ in 0..count {
-        let record_len = cursor.varint()?;
-        let record_len = usize::try_from(record_len)
-            .map_err(|_| corrupt(format!("record length {record_len}")))?;
-        let record_bytes = cursor.take(record_len)?;
-        let mut rec = Cursor {
-            buf: record_bytes,
-            pos: 0,
-        };
-        let _attributes = rec.take(1)?;
-        let timestamp_delta = rec.varlong()?;
-        let offset_delta = rec.varint()?;
-        let key = rec.nullable_bytes()?;
-        let value = rec.nullable_bytes()?;
-        let header_count = rec.varint()?;
-        let header_count = usize::try_from(header_count)
-            .map_err(|_| corrupt(format!("header count {header_count}")))?;
-        // Each header needs at least two bytes (two lengths).
-        let mut headers = Vec::with_capacity(header_count.min(record_len / 2));
-        for _ in 0..header_count {
-            let name = rec
-                .nullable_slice()?
-                .ok_or_else(|| corrupt("record header with a null key".to_string()))?;
-            let name = std::str::from_utf8(name)
-                .map_err(|_| corrupt("record header key is not UTF-8".to_string()))?
-                .to_string();
-            let value = rec.nullable_bytes()?;
-            headers.push((name, value));
-        }
-        if rec.pos != record_bytes.len() {
-            return Err(corrupt(format!(
-                "record has {} trailing bytes",
-                record_bytes.len() - rec.pos
-            )));
-        }
+    visit_records(body, count, |view: RecordView<'_>| {
+        let mut headers = Vec::with_capacity(view.header_count());
+        view.for_each_header(|name, value| {
+            headers.push((name.to_string(), value.map(Bytes::copy_from_slice)));
+        })?;
         records.push(Record {
-            offset_delta,
-            timestamp_delta,
-            key,
-            value,
+            offset_delta: view.offset_delta,
+            timestamp_delta: view.timestamp_delta,
+            key: view.key.map(Bytes::copy_from_slice),
+            value: view.value.map(Bytes::copy_from_slice),
             headers,
         });
-    }
-    if cursor.pos != body.len() {
-        return Err(corrupt(format!(
-            "{} bytes after the last record",
-            body.len() - cursor.pos
-        )));
-    }
+        Ok::<(), StorageError>(())
+    })?;
     Ok(records)
 }
 
-/// Walks the records section of an uncompressed batch without allocating, yielding
-/// `(offset_delta, timestamp_delta)` of each record; used by timestamp lookups.
+/// `(offset_delta, timestamp_delta)` of each record of an uncompressed records section;
+/// used by timestamp lookups.
 pub(crate) fn record_offsets_and_timestamps(body: &[u8], count: i32) -> Result<Vec<(i32, i64)>> {
     let mut out = Vec::with_capacity((count.max(0) as usize).min(body.len() / RECORD_BYTES_MIN));
-    let mut cursor = Cursor { buf: body, pos: 0 };
-    for _ in 0..count {
-        let record_len = cursor.varint()?;
-        let record_len = usize::try_from(record_len)
-            .map_err(|_| corrupt(format!("record length {record_len}")))?;
-        let record_bytes = cursor.take(record_len)?;
-        let mut rec = Cursor {
-            buf: record_bytes,
-            pos: 0,
-        };
-        let _attributes = rec.take(1)?;
-        let timestamp_delta = rec.varlong()?;
-        let offset_delta = rec.varint()?;
-        out.push((offset_delta, timestamp_delta));
-    }
+    visit_records(body, count, |view: RecordView<'_>| {
+        out.push((view.offset_delta, view.timestamp_delta));
+        Ok::<(), StorageError>(())
+    })?;
     Ok(out)
 }
 
@@ -528,11 +730,16 @@ fn be_i64(buf: &[u8], pos: usize) -> i64 {
     i64::from_be_bytes(bytes)
 }
 
-fn put_varint(buf: &mut BytesMut, value: i32) {
-    put_unsigned_varint(buf, ((value << 1) ^ (value >> 31)) as u32 as u64);
-}
 fn put_varlong(buf: &mut BytesMut, value: i64) {
-    put_unsigned_varint(buf, ((value << 1) ^ (value >> 63)) as u64);
+    put_unsigned_varint(buf, zigzag(value));
+}
+fn zigzag(value: i64) -> u64 {
+    ((value << 1) ^ (value >> 63)) as u64
+}
+/// Bytes of `value` as a zigzag varint.
+fn varlong_len(value: i64) -> usize {
+    let bits = 64 - zigzag(value).leading_zeros() as usize;
+    bits.div_ceil(7).max(1)
 }
 fn put_unsigned_varint(buf: &mut BytesMut, mut value: u64) {
     while value >= 0x80 {
@@ -543,9 +750,9 @@ fn put_unsigned_varint(buf: &mut BytesMut, mut value: u64) {
 }
 fn put_nullable_bytes(buf: &mut BytesMut, bytes: Option<&[u8]>) {
     match bytes {
-        None => put_varint(buf, -1),
+        None => put_varlong(buf, -1),
         Some(bytes) => {
-            put_varint(buf, bytes.len() as i32);
+            put_varlong(buf, bytes.len() as i64);
             buf.put_slice(bytes);
         }
     }
@@ -607,9 +814,51 @@ impl<'a> Cursor<'a> {
             len => Ok(Some(self.take(len as usize)?)),
         }
     }
-    /// Reads a nullable byte string, copying it out (records are owned by the caller).
-    fn nullable_bytes(&mut self) -> Result<Option<Bytes>> {
-        Ok(self.nullable_slice()?.map(Bytes::copy_from_slice))
+    /// One record header: a non-null UTF-8 name and a nullable value.
+    fn header(&mut self) -> Result<HeaderRef<'a>> {
+        let name = self
+            .nullable_slice()?
+            .ok_or_else(|| corrupt("record header with a null key".to_string()))?;
+        let name = std::str::from_utf8(name)
+            .map_err(|_| corrupt("record header key is not UTF-8".to_string()))?;
+        Ok((name, self.nullable_slice()?))
+    }
+    /// One whole record, checked to fill exactly its announced length.
+    fn record(&mut self) -> Result<RecordView<'a>> {
+        let record_len = self.varint()?;
+        let record_len = usize::try_from(record_len)
+            .map_err(|_| corrupt(format!("record length {record_len}")))?;
+        let record_bytes = self.take(record_len)?;
+        let mut rec = Cursor {
+            buf: record_bytes,
+            pos: 0,
+        };
+        let _attributes = rec.take(1)?;
+        let timestamp_delta = rec.varlong()?;
+        let offset_delta = rec.varint()?;
+        let key = rec.nullable_slice()?;
+        let value = rec.nullable_slice()?;
+        let header_count = rec.varint()?;
+        let header_count = usize::try_from(header_count)
+            .map_err(|_| corrupt(format!("header count {header_count}")))?;
+        let headers_start = rec.pos;
+        for _ in 0..header_count {
+            rec.header()?;
+        }
+        if rec.pos != record_bytes.len() {
+            return Err(corrupt(format!(
+                "record has {} trailing bytes",
+                record_bytes.len() - rec.pos
+            )));
+        }
+        Ok(RecordView {
+            offset_delta,
+            timestamp_delta,
+            key,
+            value,
+            headers: &record_bytes[headers_start..],
+            header_count,
+        })
     }
 }
 
@@ -668,7 +917,8 @@ mod tests {
     fn varints_round_trip_extremes() {
         for value in [0, 1, -1, 63, -64, 64, i32::MAX, i32::MIN] {
             let mut buf = BytesMut::new();
-            put_varint(&mut buf, value);
+            put_varlong(&mut buf, value as i64);
+            assert_eq!(buf.len(), varlong_len(value as i64));
             assert_eq!(
                 Cursor { buf: &buf, pos: 0 }.varint().expect("decodes"),
                 value
@@ -677,6 +927,7 @@ mod tests {
         for value in [0, -1, i64::MAX, i64::MIN, 1 << 40] {
             let mut buf = BytesMut::new();
             put_varlong(&mut buf, value);
+            assert_eq!(buf.len(), varlong_len(value));
             assert_eq!(
                 Cursor { buf: &buf, pos: 0 }.varlong().expect("decodes"),
                 value
@@ -758,6 +1009,67 @@ mod tests {
         let empty = BatchBuilder::new(0).build();
         assert!(verify_batch(&empty).is_ok());
         assert!(validate_batch(&empty, 1 << 20).is_err());
+    }
+
+    #[test]
+    fn reusable_builder_builds_batch_after_batch_in_place() {
+        let mut builder = BatchBuilder::reusable().with_producer(9, 1, 0);
+        for round in 0..3i64 {
+            for i in 0..100i64 {
+                let key = format!("k{i}");
+                let key = (i % 2 == 0).then_some(key.as_bytes());
+                builder.push_padded(key, b"stamp", 50 + i as usize, 10_000 * round + i);
+            }
+            builder.push_record(None, Some(b"v"), &[("h", Some(b"x")), ("n", None)], 5);
+            assert_eq!(builder.len(), 101);
+            let batch = builder.finish();
+            assert!(builder.is_empty());
+            let header = validate_batch(&batch, 1 << 20).expect("valid");
+            assert_eq!(header.base_timestamp, 10_000 * round);
+            assert_eq!(header.max_timestamp, 10_000 * round + 99);
+            assert_eq!(header.producer_id, 9);
+            let records = decode_records(&batch).expect("decodes");
+            assert_eq!(records.len(), 101);
+            assert_eq!(records[3].value.as_ref().map(|v| v.len()), Some(53));
+            assert_eq!(
+                records[3].value.as_ref().map(|v| &v[..5]),
+                Some(&b"stamp"[..])
+            );
+            assert_eq!(records[4].key.as_deref(), Some(&b"k4"[..]));
+            assert_eq!(records[100].headers.len(), 2);
+            assert_eq!(records[100].timestamp_delta, 5 - 10_000 * round);
+        }
+    }
+
+    #[test]
+    fn fetched_records_are_visited_from_an_offset_and_a_partial_tail_is_ignored() {
+        let mut builder = BatchBuilder::reusable();
+        let mut joined = Vec::new();
+        for batch_index in 0..3i64 {
+            for i in 0..10u8 {
+                builder.push_record(None, Some(&[i]), &[], 0);
+            }
+            let mut batch = builder.finish().to_vec();
+            set_base_offset_and_epoch(&mut batch, batch_index * 10, 0);
+            joined.extend_from_slice(&batch);
+        }
+        let cut = &joined[..joined.len() - 3];
+        let mut seen = Vec::new();
+        let next = visit_fetched_records(cut, 5, |offset, record| {
+            seen.push((offset, record.value.map(|v| v[0])));
+            Ok::<(), StorageError>(())
+        })
+        .expect("walk");
+        assert_eq!(next, 20);
+        assert_eq!(seen.len(), 15);
+        assert_eq!(seen[0], (5, Some(5)));
+        assert_eq!(seen[14], (19, Some(9)));
+        let mut garbage = joined.clone();
+        garbage[MAGIC_POS] = 9;
+        assert!(visit_fetched_records(&garbage, 0, |_, _| Ok::<(), StorageError>(())).is_err());
+        let mut compressed = joined;
+        compressed[ATTRIBUTES_POS + 1] |= 0x1;
+        assert!(visit_fetched_records(&compressed, 0, |_, _| Ok::<(), StorageError>(())).is_err());
     }
 
     #[test]

@@ -67,3 +67,65 @@ pub(crate) fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// Most buffers handed to one `pwritev` (Linux's IOV_MAX is 1024).
+const IO_SLICES_MAX: usize = 1024;
+
+/// Reads exactly `len` bytes at `position` into a new buffer without zeroing it first:
+/// on the fetch path zeroing the buffer would cost as much as the read itself.
+pub(crate) fn read_exact_at_new(
+    file: &File,
+    len: usize,
+    position: u64,
+) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        let at = position + buf.len() as u64;
+        // Reads into the spare capacity and extends the length by what was read (the
+        // allocation may be larger than asked: anything past `len` is cut off below).
+        let read = rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at)?;
+        if read == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    buf.truncate(len);
+    Ok(buf)
+}
+
+/// Writes all of `slices`, back to back, at `position` with vectored positioned writes.
+pub(crate) fn write_all_vectored_at(
+    file: &File,
+    slices: &[&[u8]],
+    mut position: u64,
+) -> std::io::Result<()> {
+    let (mut index, mut skip) = (0usize, 0usize);
+    while index < slices.len() {
+        let batch: Vec<std::io::IoSlice<'_>> = slices[index..]
+            .iter()
+            .take(IO_SLICES_MAX)
+            .enumerate()
+            .map(|(i, s)| std::io::IoSlice::new(if i == 0 { &s[skip..] } else { s }))
+            .collect();
+        let mut written = rustix::io::pwritev(file, &batch, position)?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        position += written as u64;
+        while written > 0 {
+            let left = slices[index].len() - skip;
+            if written >= left {
+                written -= left;
+                index += 1;
+                skip = 0;
+            } else {
+                skip += written;
+                written = 0;
+            }
+        }
+        while index < slices.len() && slices[index].len() == skip {
+            index += 1;
+            skip = 0;
+        }
+    }
+    Ok(())
+}

@@ -86,9 +86,10 @@ fn encode_entry(
     partition: u32,
     incarnation: u64,
     base_offset: i64,
-    batches: &[u8],
+    batches: &[&[u8]],
 ) -> Vec<u8> {
-    let body_len = ENTRY_FIXED_BYTES + topic.len() + batches.len();
+    let batches_len: usize = batches.iter().map(|piece| piece.len()).sum();
+    let body_len = ENTRY_FIXED_BYTES + topic.len() + batches_len;
     let mut out = Vec::with_capacity(ENTRY_PREFIX_BYTES + body_len);
     out.extend_from_slice(&(body_len as u32).to_be_bytes());
     out.extend_from_slice(&[0; 4]); // CRC, filled in below
@@ -101,7 +102,9 @@ fn encode_entry(
     out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
     out.extend_from_slice(topic.as_bytes());
     out.extend_from_slice(&base_offset.to_be_bytes());
-    out.extend_from_slice(batches);
+    for piece in batches {
+        out.extend_from_slice(piece);
+    }
     let crc = crc32c::crc32c(&out[ENTRY_PREFIX_BYTES..]);
     out[4..8].copy_from_slice(&crc.to_be_bytes());
     out
@@ -352,7 +355,7 @@ impl Journal {
         partition: u32,
         incarnation: u64,
         base_offset: i64,
-        batches: &[u8],
+        batches: &[&[u8]],
     ) -> Result<u64> {
         let entry = encode_entry(kind, topic, partition, incarnation, base_offset, batches);
         let mut inner = self.inner.lock();
@@ -511,7 +514,7 @@ mod tests {
         for i in 0..5 {
             ends.push(
                 journal
-                    .append(EntryKind::Append, "t", 3, 9, i * 10, &[i as u8; 40])
+                    .append(EntryKind::Append, "t", 3, 9, i * 10, &[&[i as u8; 40]])
                     .expect("append"),
             );
         }
@@ -579,7 +582,7 @@ mod tests {
             std::thread::spawn(move || journal.run_group_commit(|_, _| {}))
         };
         let end = journal
-            .append(EntryKind::Append, "t", 0, 1, 0, b"abc")
+            .append(EntryKind::Append, "t", 0, 1, 0, &[b"abc"])
             .expect("append");
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()

@@ -20,16 +20,19 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::batch::{
-    record_offsets_and_timestamps, records_section, set_base_offset_and_epoch, validate_batch,
-    verify_batch, BatchHeader, BATCH_BYTES_HARD_MAX, BATCH_HEADER_BYTES,
+    record_offsets_and_timestamps, records_section, rewritten_prefix, validate_batch, verify_batch,
+    BatchHeader, BATCH_BYTES_HARD_MAX, BATCH_HEADER_BYTES, REWRITTEN_PREFIX_BYTES,
 };
-use crate::fsutil::{fsync_dir, now_ms, remove_file_if_exists, write_atomic, IoContext};
+use crate::fsutil::{
+    fsync_dir, now_ms, read_exact_at_new, remove_file_if_exists, write_all_vectored_at,
+    write_atomic, IoContext,
+};
 use crate::journal::{DurableMark, EntryKind};
 use crate::segment::{
     decode_index, decode_time_index, encode_index, encode_time_index, file_index_lookup,
@@ -620,10 +623,6 @@ impl PartitionLog {
             layout.push((pos, validate_batch(batch, batch_bytes_max)?));
             pos += total;
         }
-        // One copy at most: a uniquely owned buffer is rewritten in place.
-        let mut buf = records
-            .try_into_mut()
-            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
         let _append = self.append_lock.lock();
         self.check_open()?;
         if let Some(&(latest, _)) = self.state.read().epochs.last() {
@@ -634,15 +633,18 @@ impl PartitionLog {
                 });
             }
         }
-        self.write_batches(&mut buf, &mut layout, Some(leader_epoch), now_ms, &config)
+        self.write_batches(&records, &mut layout, Some(leader_epoch), now_ms, &config)
     }
 
     /// Writes validated batches at the log end. With `leader_epoch` the batches get fresh
     /// offsets and that epoch; without (journal replay) they must already start at the log
     /// end. The caller holds the append lock.
+    ///
+    /// The producer's bytes are never copied: the rewritten header prefixes and the rest
+    /// of each batch go to the file (and the journal) as separate pieces of one write.
     fn write_batches(
         &self,
-        buf: &mut [u8],
+        buf: &[u8],
         layout: &mut [(usize, BatchHeader)],
         leader_epoch: Option<i32>,
         now_ms: i64,
@@ -685,10 +687,15 @@ impl PartitionLog {
         }
         let mut next = log_end;
         let mut max_timestamp = i64::MIN;
+        let mut prefixes = Vec::with_capacity(if leader_epoch.is_some() {
+            layout.len()
+        } else {
+            0
+        });
         for (pos, header) in layout.iter_mut() {
             match leader_epoch {
                 Some(epoch) => {
-                    set_base_offset_and_epoch(&mut buf[*pos..], next, epoch);
+                    prefixes.push(rewritten_prefix(&buf[*pos..], next, epoch));
                     header.base_offset = next;
                     header.partition_leader_epoch = epoch;
                 }
@@ -709,8 +716,23 @@ impl PartitionLog {
             log_end + offsets,
             "offsets of an append must be contiguous"
         );
+        // The bytes to write, in order: per batch its rewritten prefix and the rest.
+        let pieces: Vec<&[u8]> = if prefixes.is_empty() {
+            vec![buf]
+        } else {
+            layout
+                .iter()
+                .zip(&prefixes)
+                .flat_map(|((pos, header), prefix)| {
+                    [
+                        &prefix[..],
+                        &buf[pos + REWRITTEN_PREFIX_BYTES..pos + header.total_bytes()],
+                    ]
+                })
+                .collect()
+        };
 
-        if let Err(source) = file.write_all_at(buf, position) {
+        if let Err(source) = write_all_vectored_at(&file, &pieces, position) {
             let _ = file.set_len(position);
             return Err(StorageError::Io {
                 path: self.active_path(),
@@ -724,7 +746,7 @@ impl PartitionLog {
                 self.id.partition,
                 self.incarnation(),
                 log_end,
-                buf,
+                &pieces,
             ) {
                 Ok(target) => Durability {
                     pending: Some((self.store.journal().subscribe(), target)),
@@ -928,8 +950,7 @@ impl PartitionLog {
         }
         // One buffer for the whole result: no allocation per batch or record.
         let len = (segment_bytes - start).min(max_bytes.max(first.total_bytes() as u64)) as usize;
-        let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, start).at(&path())?;
+        let mut buf = read_exact_at_new(file, len, start).at(&path())?;
         let mut end = 0;
         let mut next_offset = offset;
         while end + BATCH_HEADER_BYTES <= len {
@@ -1669,9 +1690,8 @@ impl PartitionLog {
             );
             return Ok(0);
         }
-        let mut buf = batches.slice(first_new..).to_vec();
         let count = layout.len();
-        self.write_batches(&mut buf, &mut layout, None, now_ms(), &config)?;
+        self.write_batches(&batches[first_new..], &mut layout, None, now_ms(), &config)?;
         Ok(count)
     }
 

@@ -14,13 +14,18 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::batch::{verify_batch, BatchHeader, BATCH_HEADER_BYTES};
+use crate::fsutil::read_exact_at_new;
 
 /// Bytes of one offset-index entry.
 pub(crate) const INDEX_ENTRY_BYTES: usize = 8;
 /// Bytes of one time-index entry.
 pub(crate) const TIME_ENTRY_BYTES: usize = 12;
-/// How much of a segment is read at once while walking batch headers.
+/// How much of a segment is read at once while scanning it whole (recovery, rebuilds).
 const HEADER_SCAN_CHUNK_BYTES: usize = 64 << 10;
+/// How much is read at once while looking for one batch from an index hint: the hint is
+/// at most an index interval (4 KiB by default) plus one batch before it, so a fetch
+/// reads a few headers, not a scan chunk.
+const FIND_CHUNK_BYTES: usize = 4 << 10;
 /// Largest segment any log writes: positions in the index are u32, and batches may
 /// overshoot `segment_bytes_max` by one append.
 pub(crate) const SEGMENT_BYTES_HARD_MAX: u64 = i32::MAX as u64;
@@ -337,16 +342,24 @@ pub(crate) struct SegmentReader<'a> {
     limit: u64,
     window_start: u64,
     window: Vec<u8>,
+    /// Least bytes read per refill of the window.
+    chunk: usize,
 }
 
 impl<'a> SegmentReader<'a> {
-    /// A reader of the first `limit` bytes of `file`.
+    /// A reader of the first `limit` bytes of `file`, for scans of whole segments.
     pub fn new(file: &'a File, limit: u64) -> SegmentReader<'a> {
+        SegmentReader::with_chunk(file, limit, HEADER_SCAN_CHUNK_BYTES)
+    }
+
+    /// A reader that refills its window `chunk` bytes at a time.
+    fn with_chunk(file: &'a File, limit: u64, chunk: usize) -> SegmentReader<'a> {
         SegmentReader {
             file,
             limit,
             window_start: 0,
             window: Vec::new(),
+            chunk,
         }
     }
 
@@ -358,9 +371,8 @@ impl<'a> SegmentReader<'a> {
         let covered =
             pos >= self.window_start && end <= self.window_start + self.window.len() as u64;
         if !covered {
-            let want = (len.max(HEADER_SCAN_CHUNK_BYTES) as u64).min(self.limit - pos) as usize;
-            self.window.resize(want, 0);
-            self.file.read_exact_at(&mut self.window, pos)?;
+            let want = (len.max(self.chunk) as u64).min(self.limit - pos) as usize;
+            self.window = read_exact_at_new(self.file, want, pos)?;
             self.window_start = pos;
         }
         let from = (pos - self.window_start) as usize;
@@ -486,7 +498,7 @@ pub(crate) fn find_batch(
     expected_offset: i64,
     offset: i64,
 ) -> std::io::Result<Result<FindBatch, String>> {
-    let mut reader = SegmentReader::new(file, segment_bytes);
+    let mut reader = SegmentReader::with_chunk(file, segment_bytes, FIND_CHUNK_BYTES);
     let mut pos = start;
     let mut first = true;
     loop {

@@ -46,6 +46,11 @@ use crate::{LogConfig, PartitionLog, Result, StorageError};
 
 /// Name of the checkpoint file in the data directory.
 const CHECKPOINT_FILE: &str = "checkpoint.json";
+/// Default checkpoint interval. After a crash, everything written since the last
+/// checkpoint is re-verified, so this bounds recovery time (W6 measured 16 s for 5 GB
+/// written within a 30 s interval); logs are flushed every second anyway, so a checkpoint
+/// is mostly one small atomic file write.
+pub(crate) const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 5_000;
 /// Version of the checkpoint format.
 const CHECKPOINT_VERSION: u32 = 1;
 /// Suffix of a log directory being deleted.
@@ -124,7 +129,7 @@ impl StoreConfig {
         StoreConfig {
             data_dir: data_dir.into(),
             journal_segment_bytes_max: 256 << 20,
-            checkpoint_interval_ms: 30_000,
+            checkpoint_interval_ms: DEFAULT_CHECKPOINT_INTERVAL_MS,
         }
     }
 }

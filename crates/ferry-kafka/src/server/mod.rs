@@ -56,6 +56,10 @@ pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
 const SOCKET_BUFFER_BYTES: usize = 8 << 10;
 /// Step by which a frame's buffer grows while its bytes arrive.
 const FRAME_READ_CHUNK_BYTES: usize = 64 << 10;
+/// Bytes of a frame allocated before any of it arrives: large enough that a typical
+/// produce request (a few MiB of batches) lands in its buffer without being copied by
+/// regrowth, small enough that a lying length prefix costs little.
+const FRAME_PREALLOCATE_BYTES: usize = 8 << 20;
 /// Buffers handed to one vectored write (well under every platform's IOV_MAX).
 const MAX_IO_SLICES: usize = 64;
 /// Pause after a failed `accept` (e.g. out of file descriptors), so as not to spin.
@@ -351,8 +355,9 @@ async fn read_frame<R: AsyncRead + Unpin>(
         .await
         .map_err(|_| ConnectionEnd::Shutdown)?;
     // Grow the buffer as bytes arrive rather than trusting the prefix with one big
-    // allocation: a client that announces 100 MiB and sends 10 bytes costs 64 KiB.
-    let mut frame = BytesMut::with_capacity(length.min(FRAME_READ_CHUNK_BYTES));
+    // allocation: a client that announces 100 MiB and sends 10 bytes costs at most
+    // FRAME_PREALLOCATE_BYTES of address space (pages it never fills are never touched).
+    let mut frame = BytesMut::with_capacity(length.min(FRAME_PREALLOCATE_BYTES));
     while frame.len() < length {
         let want = (length - frame.len()).min(FRAME_READ_CHUNK_BYTES);
         frame.reserve(want);

@@ -8,6 +8,7 @@
 
 use crate::message::{FieldTable, FieldValue};
 use crate::mq::MqError;
+use crate::queue::type_name;
 
 /// Queue arguments RabbitMQ 3.10 compares on a classic queue's redeclare.
 const CLASSIC_QUEUE_ARGS: &[&str] = &[
@@ -53,30 +54,6 @@ const STREAM_QUEUE_ARGS: &[&str] = &[
 ];
 /// Exchange arguments compared on redeclare.
 const EXCHANGE_ARGS: &[&str] = &["alternate-exchange"];
-
-/// RabbitMQ's name of a field type (as in its error texts).
-pub(crate) fn type_name(value: &FieldValue) -> &'static str {
-    match value {
-        FieldValue::Bool(_) => "bool",
-        FieldValue::I8(_) => "byte",
-        FieldValue::U8(_) => "unsignedbyte",
-        FieldValue::I16(_) => "short",
-        FieldValue::U16(_) => "unsignedshort",
-        FieldValue::I32(_) => "signedint",
-        FieldValue::U32(_) => "unsignedint",
-        FieldValue::I64(_) => "long",
-        FieldValue::F32(_) => "float",
-        FieldValue::F64(_) => "double",
-        FieldValue::Decimal { .. } => "decimal",
-        FieldValue::ShortString(_) => "shortstr",
-        FieldValue::LongString(_) => "longstr",
-        FieldValue::Array(_) => "array",
-        FieldValue::Timestamp(_) => "timestamp",
-        FieldValue::Table(_) => "table",
-        FieldValue::ByteArray(_) => "binary",
-        FieldValue::Void => "void",
-    }
-}
 
 /// A value rendered as RabbitMQ renders it in texts (strings raw, numbers in decimal,
 /// compound values in Erlang term syntax).

@@ -49,7 +49,7 @@ pub(crate) fn header_routes<'a>(
             .collect()),
         Some(other) => Err(MqError::PreconditionFailed(format!(
             "invalid message: {{unacceptable_type_in_header,\"{name}\",{}}}",
-            super::args::type_name(other)
+            crate::queue::type_name(other)
         ))),
     }
 }

@@ -11,7 +11,7 @@
 use crate::message::{FieldTable, FieldValue};
 use crate::mq::{MqError, MqResult};
 
-use super::args::type_name;
+use crate::queue::type_name;
 
 /// How a headers binding matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

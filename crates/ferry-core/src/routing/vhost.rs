@@ -315,7 +315,7 @@ impl VHost {
             Some(other) => {
                 return Err(MqError::PreconditionFailed(format!(
                     "invalid type '{}' for arg 'alternate-exchange' in {}",
-                    super::args::type_name(other),
+                    crate::queue::type_name(other),
                     Resource::Exchange {
                         vhost: &self.name,
                         name
@@ -557,7 +557,7 @@ impl VHost {
             Some(other) => {
                 return Err(MqError::PreconditionFailed(format!(
                     "invalid type '{}' for arg 'x-dead-letter-exchange' in {}",
-                    super::args::type_name(other),
+                    crate::queue::type_name(other),
                     Resource::Queue {
                         vhost: &self.name,
                         name: &name

@@ -9,6 +9,7 @@
 //! under it, so offsets, counts and the read-ahead stay consistent.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -51,6 +52,12 @@ const ACK_COALESCE_MS: i64 = 10;
 const ACK_COALESCE_RANGES: usize = 256;
 /// Longest sleep of a queue's maintenance task (segment deletion, ack-log snapshots).
 pub(crate) const MAINTENANCE_INTERVAL_MS: i64 = 1_000;
+/// Publisher back-pressure: while a queue with consumers holds more ready messages than
+/// this, the confirms of messages published to it wait for its consumers to catch up
+/// (RabbitMQ's credit flow has the same effect). A publisher with a bounded confirm window
+/// then runs at the consumers' pace instead of building a backlog that only adds latency.
+/// Queues without consumers are never throttled: a backlog there is the point.
+pub const FLOW_READY_LIMIT: u64 = 256;
 
 /// A message out of the log, with what the cursor needs to know about it.
 #[derive(Clone, Debug)]
@@ -232,6 +239,12 @@ pub(crate) struct Classic {
     quorum: bool,
     /// Quorum `x-delivery-limit`: a message returned more often is dead-lettered.
     delivery_limit: Option<u64>,
+    /// Woken when the queue falls back under [`FLOW_READY_LIMIT`] (or loses its consumers,
+    /// or is deleted): publishers held by back-pressure look again.
+    flow: Notify,
+    /// Messages handed to consumers so far: back-pressure gives up on consumers that make
+    /// no progress.
+    handed_out: AtomicU64,
 }
 
 /// The expiry time of a held message: enqueue time plus the smaller of the queue's and the
@@ -391,6 +404,8 @@ impl Classic {
                 .get("x-delivery-limit")
                 .and_then(super::settings::int_of)
                 .and_then(|v| u64::try_from(v).ok()),
+            flow: Notify::new(),
+            handed_out: AtomicU64::new(0),
         };
         {
             let mut st = classic.state.lock();
@@ -528,7 +543,41 @@ impl Classic {
         } else {
             level.settle(held.offset, held.offset + 1);
         }
+        self.handed_out.fetch_add(1, Ordering::Relaxed);
+        if st.ready_count <= FLOW_READY_LIMIT {
+            self.flow.notify_waiters();
+        }
         delivery
+    }
+
+    /// Whether publishers to this queue should wait (see [`FLOW_READY_LIMIT`]).
+    fn flow_blocked(st: &State) -> bool {
+        !st.deleted && !st.consumers.is_empty() && st.ready_count > FLOW_READY_LIMIT
+    }
+
+    /// Publisher back-pressure: waits while the queue's consumers lag more than
+    /// [`FLOW_READY_LIMIT`] messages behind. Gives up when they hand out nothing for
+    /// `stall` (stuck or saturated consumers would hold publishers forever) and after
+    /// `max_hold` in all.
+    pub async fn flow_wait(&self, stall: std::time::Duration, max_hold: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + max_hold;
+        let mut seen = self.handed_out.load(Ordering::Relaxed);
+        loop {
+            let notified = self.flow.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !Self::flow_blocked(&self.state.lock()) {
+                return;
+            }
+            let wake = (tokio::time::Instant::now() + stall).min(deadline);
+            if tokio::time::timeout_at(wake, notified).await.is_err() {
+                let now = self.handed_out.load(Ordering::Relaxed);
+                if now == seen || tokio::time::Instant::now() >= deadline {
+                    return;
+                }
+                seen = now;
+            }
+        }
     }
 
     /// The waiting consumer to serve next: single-active-consumer serves only the first
@@ -660,6 +709,7 @@ impl Classic {
         self.persist(&mut st, now, false);
         Ok(EnqueueOutcome::Enqueued {
             durable: appended.durable,
+            throttled: Self::flow_blocked(&st),
         })
     }
 
@@ -755,6 +805,8 @@ impl Classic {
             }
             // x-expires counts from now.
             self.wake.notify_one();
+            // No consumer left to wait for.
+            self.flow.notify_waiters();
         } else if let Err(e) = self.dispatch(&mut st, settings, now, dead) {
             tracing::warn!("queue dispatch after a consumer left failed: {e}");
         }
@@ -881,6 +933,7 @@ impl Classic {
         st.ready_count = 0;
         st.ready_bytes = 0;
         self.snapshot(&mut st, now, false);
+        self.flow.notify_waiters();
         Ok(purged)
     }
 
@@ -894,6 +947,7 @@ impl Classic {
         for slot in st.consumers.drain(..) {
             slot.shared.end(end.clone());
         }
+        self.flow.notify_waiters();
         st.ready_count
     }
 
@@ -945,6 +999,10 @@ impl Classic {
             }
         }
         st.timer_armed = armed;
+        if !Self::flow_blocked(&st) {
+            // Expiry may have brought the queue under the limit.
+            self.flow.notify_waiters();
+        }
         if st.ready_count == 0 && settings.message_ttl_ms.is_none() {
             st.may_expire = false;
         }

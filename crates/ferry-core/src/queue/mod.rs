@@ -50,6 +50,7 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
+pub use classic::FLOW_READY_LIMIT;
 pub use classic::{
     storage_key, storage_key_of_log, DeleteReason, ACK_LOG_PREFIX, QUEUE_LOG_PREFIX,
 };
@@ -64,6 +65,11 @@ use stream::{Stream, StreamCursor};
 /// Wait after a failed stream read before trying again (the log is being cut by retention
 /// or the disk failed; never a busy loop).
 const STREAM_RETRY_MS: u64 = 100;
+/// Back-pressure stops holding a publisher when the queue's consumers took nothing for
+/// this long (they are stuck or at their prefetch limit: waiting would not help).
+pub const FLOW_STALL: Duration = Duration::from_millis(100);
+/// Longest a publisher is held by one queue's back-pressure.
+pub const FLOW_MAX_HOLD: Duration = Duration::from_secs(1);
 
 /// What a queue needs from the rest of the broker.
 #[derive(Clone, Debug)]
@@ -236,6 +242,9 @@ pub enum EnqueueOutcome {
     Enqueued {
         /// Resolves when the message is durable.
         durable: ferry_storage::Durability,
+        /// The queue's consumers lag behind: the publisher should wait for
+        /// [`Queue::flow_wait`] before its confirm (back-pressure).
+        throttled: bool,
     },
     /// Refused by `x-overflow: reject-publish(-dlx)`: nack the publisher.
     Rejected,
@@ -260,7 +269,8 @@ pub struct Queue {
 
 #[derive(Debug)]
 enum Engine {
-    Classic(Classic),
+    /// Boxed: a classic queue's state is several times a stream's.
+    Classic(Box<Classic>),
     Stream(Stream),
 }
 
@@ -287,14 +297,14 @@ impl Queue {
                     .ok_or(MqError::Core(CoreError::ShuttingDown))?;
                 Engine::Stream(Stream::open(&broker, vhost, name, &settings)?)
             }
-            QueueType::Classic | QueueType::Quorum => Engine::Classic(Classic::open(
+            QueueType::Classic | QueueType::Quorum => Engine::Classic(Box::new(Classic::open(
                 &env.store,
                 vhost,
                 name,
                 &settings,
                 now,
                 maintenance.clone(),
-            )?),
+            )?)),
         };
         let queue = Arc::new(Queue {
             name: name.to_string(),
@@ -434,6 +444,15 @@ impl Queue {
                 outcome
             }
             Engine::Stream(stream) => stream.enqueue(batch, now, &self.missing),
+        }
+    }
+
+    /// Publisher back-pressure: waits while this queue has consumers and more than
+    /// [`FLOW_READY_LIMIT`] ready messages, until they catch up — or make no progress for
+    /// [`FLOW_STALL`], or [`FLOW_MAX_HOLD`] has passed. Returns at once for other queues.
+    pub async fn flow_wait(&self) {
+        if let Engine::Classic(classic) = &self.engine {
+            classic.flow_wait(FLOW_STALL, FLOW_MAX_HOLD).await;
         }
     }
 

@@ -121,6 +121,8 @@ impl Stream {
         match self.partition.append(batch, None, now)? {
             AppendOutcome::Appended(appended) => Ok(EnqueueOutcome::Enqueued {
                 durable: appended.durable,
+                // Stream consumers read at their own offsets: nothing to catch up with.
+                throttled: false,
             }),
             AppendOutcome::Duplicate { .. } => Err(MqError::Core(CoreError::InvalidRecord(
                 "a stream append was taken for a producer retry".into(),

@@ -436,6 +436,72 @@ async fn rejected_messages_are_dead_lettered() {
     assert_eq!(q.message_count(), 0);
 }
 
+/// Enqueues `m`, returning whether the queue asked the publisher to wait.
+fn put_throttled(queue: &Queue, m: &Message) -> bool {
+    match queue.enqueue(m).expect("enqueue") {
+        EnqueueOutcome::Enqueued { throttled, .. } => throttled,
+        EnqueueOutcome::Rejected => panic!("rejected"),
+    }
+}
+
+#[tokio::test]
+async fn publishers_wait_while_consumers_lag_and_never_for_a_backlog() {
+    let fx = Fixture::new();
+    let q = fx.queue(false, &[]);
+    // No consumer: a backlog is what the queue is for, nobody is held.
+    for i in 0..FLOW_READY_LIMIT + 10 {
+        assert!(!put_throttled(&q, &msg(&i.to_string())));
+    }
+    within(q.flow_wait()).await;
+
+    // A consumer that keeps up lets the held publisher go once it is back under the limit.
+    let consumer = q.add_consumer(spec("c")).expect("consumer");
+    assert!(put_throttled(&q, &msg("over")));
+    let waiter = tokio::spawn({
+        let q = q.clone();
+        async move {
+            let started = tokio::time::Instant::now();
+            q.flow_wait().await;
+            started.elapsed()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        !waiter.is_finished(),
+        "released before the consumer caught up"
+    );
+    let mut taken = Vec::new();
+    while q.message_count() > FLOW_READY_LIMIT {
+        let d = within(q.next_delivery(&consumer)).await.expect("delivery");
+        taken.push(d.id);
+    }
+    let held = within(waiter).await.expect("waiter");
+    assert!(held < FLOW_MAX_HOLD, "held {held:?}");
+    assert_eq!(q.message_count(), FLOW_READY_LIMIT);
+
+    // A consumer that takes nothing (at its prefetch limit) does not hold publishers
+    // longer than the stall time.
+    for i in 0..20 {
+        put(&q, &msg(&format!("more {i}")));
+    }
+    assert!(q.message_count() > FLOW_READY_LIMIT);
+    let started = tokio::time::Instant::now();
+    within(q.flow_wait()).await;
+    let held = started.elapsed();
+    assert!(held >= FLOW_STALL && held < FLOW_MAX_HOLD, "held {held:?}");
+
+    // Losing the last consumer releases at once.
+    let waiter = tokio::spawn({
+        let q = q.clone();
+        async move { q.flow_wait().await }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    q.remove_consumer(&consumer);
+    within(waiter).await.expect("waiter");
+    assert!(!put_throttled(&q, &msg("no consumer")));
+    q.ack(&taken).expect("ack");
+}
+
 #[tokio::test]
 async fn purge_keeps_unacked() {
     let fx = Fixture::new();
@@ -569,7 +635,7 @@ async fn consumed_segments_are_deleted_and_durability_follows_the_queue() {
         let mut m = msg("");
         m.body = body.clone();
         match q.enqueue(&m).expect("enqueue") {
-            EnqueueOutcome::Enqueued { durable } => {
+            EnqueueOutcome::Enqueued { durable, .. } => {
                 assert!(
                     !durable.is_immediate(),
                     "a durable queue waits for the fsync"
@@ -599,7 +665,7 @@ async fn consumed_segments_are_deleted_and_durability_follows_the_queue() {
 
     let t = fx.named("transient", false, false, &[]);
     match t.enqueue(&msg("x")).expect("enqueue") {
-        EnqueueOutcome::Enqueued { durable } => assert!(durable.is_immediate()),
+        EnqueueOutcome::Enqueued { durable, .. } => assert!(durable.is_immediate()),
         EnqueueOutcome::Rejected => panic!("rejected"),
     }
 }
@@ -739,7 +805,7 @@ async fn million_waiting_messages_fit_in_bounded_memory() {
     for _ in 0..MESSAGES {
         let mut m = msg("");
         m.body = body.clone();
-        if let EnqueueOutcome::Enqueued { durable } = q.enqueue(&m).expect("enqueue") {
+        if let EnqueueOutcome::Enqueued { durable, .. } = q.enqueue(&m).expect("enqueue") {
             waits.push(durable);
             if waits.len() >= 1000 {
                 for w in waits.drain(..) {
@@ -819,7 +885,7 @@ async fn throughput_publish_consume() {
     for _ in 0..MESSAGES {
         let mut m = msg("");
         m.body = body.clone();
-        if let EnqueueOutcome::Enqueued { durable } = q.enqueue(&m).expect("enqueue") {
+        if let EnqueueOutcome::Enqueued { durable, .. } = q.enqueue(&m).expect("enqueue") {
             waits.push(durable);
         }
         if waits.len() == WINDOW {

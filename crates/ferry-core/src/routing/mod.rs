@@ -20,8 +20,11 @@ mod topic;
 mod vhost;
 mod vhosts;
 
+use std::sync::Arc;
+
 use crate::message::FieldTable;
 use crate::mq::{MqError, MqResult};
+use crate::queue::Queue;
 
 pub use vhost::VHost;
 pub use vhosts::VHosts;
@@ -139,15 +142,25 @@ pub struct Confirm {
 enum ConfirmState {
     /// A queue refused the message: nack.
     Nack,
-    /// Ack once every queue's append is durable (nothing to wait for when empty).
-    Pending(Vec<ferry_storage::Durability>),
+    /// Ack once every queue's append is durable (nothing to wait for when empty) and the
+    /// throttled queues' consumers caught up (publisher back-pressure).
+    Pending {
+        durable: Vec<ferry_storage::Durability>,
+        throttled: Vec<Arc<Queue>>,
+    },
 }
 
 impl Confirm {
     /// An ack with nothing to wait for (an unroutable message is acked at once).
     pub fn ack() -> Confirm {
+        Confirm::pending(Vec::new(), Vec::new())
+    }
+
+    /// An ack once every `durable` resolves and every `throttled` queue's
+    /// [`Queue::flow_wait`] returns.
+    pub fn pending(durable: Vec<ferry_storage::Durability>, throttled: Vec<Arc<Queue>>) -> Confirm {
         Confirm {
-            state: ConfirmState::Pending(Vec::new()),
+            state: ConfirmState::Pending { durable, throttled },
         }
     }
 
@@ -162,7 +175,9 @@ impl Confirm {
     pub fn is_immediate(&self) -> bool {
         match &self.state {
             ConfirmState::Nack => true,
-            ConfirmState::Pending(waits) => waits.iter().all(|d| d.is_immediate()),
+            ConfirmState::Pending { durable, throttled } => {
+                throttled.is_empty() && durable.iter().all(|d| d.is_immediate())
+            }
         }
     }
 
@@ -170,9 +185,12 @@ impl Confirm {
     pub async fn wait(self) -> MqResult<bool> {
         match self.state {
             ConfirmState::Nack => Ok(false),
-            ConfirmState::Pending(waits) => {
-                for durable in waits {
+            ConfirmState::Pending { durable, throttled } => {
+                for durable in durable {
                     durable.wait().await?;
+                }
+                for queue in throttled {
+                    queue.flow_wait().await;
                 }
                 Ok(true)
             }

@@ -23,8 +23,8 @@ use super::definitions::{
 };
 use super::vhosts::Shared;
 use super::{
-    headers, BindingInfo, Confirm, ConfirmState, DestinationKind, ExchangeDeclare, ExchangeInfo,
-    ExchangeKind, QueueDeclare, QueueDeclared, QueueInfo, Routed,
+    headers, BindingInfo, Confirm, DestinationKind, ExchangeDeclare, ExchangeInfo, ExchangeKind,
+    QueueDeclare, QueueDeclared, QueueInfo, Routed,
 };
 use crate::internal::to_json;
 use crate::message::{FieldTable, FieldValue, Message};
@@ -934,11 +934,20 @@ impl VHost {
             }
         }
         let mut waits = Vec::with_capacity(queues.len());
+        let mut throttled = Vec::new();
         let mut rejected = false;
         let mut taken = 0;
         for queue in &queues {
             match queue.enqueue(&message) {
-                Ok(EnqueueOutcome::Enqueued { durable }) => waits.push(durable),
+                Ok(EnqueueOutcome::Enqueued {
+                    durable,
+                    throttled: slow,
+                }) => {
+                    waits.push(durable);
+                    if slow {
+                        throttled.push(queue.clone());
+                    }
+                }
                 Ok(EnqueueOutcome::Rejected) => rejected = true,
                 // Deleted after routing: as if it had not been there.
                 Err(_) if queue.is_deleted() => continue,
@@ -947,13 +956,9 @@ impl VHost {
             taken += 1;
         }
         let confirm = if rejected {
-            Confirm {
-                state: ConfirmState::Nack,
-            }
+            Confirm::nack()
         } else {
-            Confirm {
-                state: ConfirmState::Pending(waits),
-            }
+            Confirm::pending(waits, throttled)
         };
         Ok(Routed {
             queues: taken,

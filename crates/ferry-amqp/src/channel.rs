@@ -880,50 +880,18 @@ impl Channel {
                 .await
             }
             exchange::AMQPMethod::Bind(b) => {
-                self.check(
-                    ctx,
-                    Access::Write,
-                    ResourceKind::Exchange,
-                    b.destination.as_str(),
-                )?;
-                self.check(ctx, Access::Read, ResourceKind::Exchange, b.source.as_str())?;
-                ctx.vhost.bind_exchange(
-                    b.destination.as_str(),
-                    b.source.as_str(),
-                    b.routing_key.as_str(),
-                    table_from_wire(&b.arguments),
-                )?;
-                if b.nowait {
-                    return Ok(());
-                }
-                ctx.send_method(
-                    id,
-                    AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
-                )
-                .await
+                self.exchange_binding(ctx, BindingChange::Add, b).await
             }
             exchange::AMQPMethod::Unbind(u) => {
-                self.check(
-                    ctx,
-                    Access::Write,
-                    ResourceKind::Exchange,
-                    u.destination.as_str(),
-                )?;
-                self.check(ctx, Access::Read, ResourceKind::Exchange, u.source.as_str())?;
-                ctx.vhost.unbind_exchange(
-                    u.destination.as_str(),
-                    u.source.as_str(),
-                    u.routing_key.as_str(),
-                    &table_from_wire(&u.arguments),
-                )?;
-                if u.nowait {
-                    return Ok(());
-                }
-                ctx.send_method(
-                    id,
-                    AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
-                )
-                .await
+                // `exchange.unbind` carries exactly `exchange.bind`'s fields.
+                let b = exchange::Bind {
+                    destination: u.destination,
+                    source: u.source,
+                    routing_key: u.routing_key,
+                    nowait: u.nowait,
+                    arguments: u.arguments,
+                };
+                self.exchange_binding(ctx, BindingChange::Remove, b).await
             }
             other => Err(AmqpError::connection(
                 COMMAND_INVALID,
@@ -933,6 +901,37 @@ impl Channel {
                 ),
             )),
         }
+    }
+
+    /// `exchange.bind` or `exchange.unbind` (given in `Bind`'s shape): the same permission
+    /// checks and reply for both, only the change to the routing table differs.
+    async fn exchange_binding(
+        &mut self,
+        ctx: &Arc<Ctx>,
+        change: BindingChange,
+        b: exchange::Bind,
+    ) -> AmqpResult<()> {
+        let (destination, source) = (b.destination.as_str(), b.source.as_str());
+        self.check(ctx, Access::Write, ResourceKind::Exchange, destination)?;
+        self.check(ctx, Access::Read, ResourceKind::Exchange, source)?;
+        let routing_key = b.routing_key.as_str();
+        let arguments = table_from_wire(&b.arguments);
+        let ok = match change {
+            BindingChange::Add => {
+                ctx.vhost
+                    .bind_exchange(destination, source, routing_key, arguments)?;
+                exchange::AMQPMethod::BindOk(exchange::BindOk {})
+            }
+            BindingChange::Remove => {
+                ctx.vhost
+                    .unbind_exchange(destination, source, routing_key, &arguments)?;
+                exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})
+            }
+        };
+        if b.nowait {
+            return Ok(());
+        }
+        ctx.send_method(self.id, AMQPClass::Exchange(ok)).await
     }
 
     async fn queue(&mut self, ctx: &Arc<Ctx>, method: queue::AMQPMethod) -> AmqpResult<()> {
@@ -1206,6 +1205,13 @@ impl Channel {
             Some(requeue) => reject_all(entries, requeue),
         }
     }
+}
+
+/// Whether an `exchange.bind`/`exchange.unbind` adds or removes its binding.
+#[derive(Clone, Copy, Debug)]
+enum BindingChange {
+    Add,
+    Remove,
 }
 
 /// Whether a message is addressed to a direct reply-to consumer.

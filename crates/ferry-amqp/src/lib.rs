@@ -24,8 +24,6 @@ use std::time::Duration;
 use ferry_core::Broker;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
-use tracing::{info, warn};
 
 /// RabbitMQ's default `frame_max`.
 pub const DEFAULT_FRAME_MAX: u32 = 131_072;
@@ -39,8 +37,6 @@ pub const DEFAULT_CONSUMER_TIMEOUT_MS: u64 = 30 * 60 * 1000;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Longest wait at shutdown for connections to finish their close handshake.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// Pause after a failed `accept` (e.g. out of file descriptors), so as not to spin.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Settings of the AMQP listener.
 #[derive(Clone, Debug)]
@@ -84,56 +80,16 @@ pub async fn serve(
         shutdown: stopping,
         replies: Arc::default(),
     });
-    if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "AMQP listener accepting connections");
-    }
-    let mut connections = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            Some(finished) = connections.join_next(), if !connections.is_empty() => {
-                if let Err(error) = finished {
-                    if error.is_panic() {
-                        tracing::error!(%error, "an AMQP connection task panicked");
-                    }
-                }
-            }
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    if connections.len() >= shared.config.max_connections {
-                        warn!(%peer, limit = shared.config.max_connections,
-                            "closing new AMQP connection: connection limit reached");
-                        drop(stream);
-                        continue;
-                    }
-                    connections.spawn(connection::serve(stream, peer, shared.clone()));
-                }
-                Err(error) => {
-                    warn!(%error, "accepting an AMQP connection failed");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                }
-            },
-        }
-    }
-    drop(listener);
-    info!(
-        connections = connections.len(),
-        "AMQP listener stopped accepting; closing connections"
-    );
-    let _ = stop.send(true);
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while connections.join_next().await.is_some() {}
-    })
+    ferry_core::listener::accept_until_shutdown(
+        listener,
+        "AMQP",
+        shared.config.max_connections,
+        SHUTDOWN_GRACE,
+        shutdown,
+        stop,
+        |stream, peer| connection::serve(stream, peer, shared.clone()),
+    )
     .await;
-    if drained.is_err() {
-        warn!(
-            connections = connections.len(),
-            "AMQP connections still open after the shutdown grace period; dropping them"
-        );
-        connections.shutdown().await;
-    }
-    info!("AMQP listener stopped");
     Ok(())
 }
 

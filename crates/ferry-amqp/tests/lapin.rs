@@ -12,8 +12,8 @@ use ferry_core::{Broker, BrokerConfig};
 use futures_core::Stream;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
-    BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicQosOptions, ConfirmSelectOptions, ExchangeBindOptions, ExchangeDeclareOptions,
+    ExchangeUnbindOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties, ExchangeKind};
@@ -271,6 +271,110 @@ async fn nack_requeue_redelivers_and_get_reads() {
                 .as_ref()
                 .map(|s| s.as_str()),
             Some("text/plain")
+        );
+        conn.close(200, "bye".into()).await.expect("close");
+        server.stop().await;
+    })
+    .await;
+}
+
+/// Reads one message of `queue` with basic.get, waiting (bounded by the test) until one is
+/// there.
+async fn get_one(ch: &lapin::Channel, queue: &str) -> Vec<u8> {
+    loop {
+        if let Some(got) = ch
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("get")
+        {
+            return got.delivery.data;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchange_bind_routes_and_unbind_stops_routing() {
+    bounded(async {
+        let server = Server::start().await;
+        let conn = server.connect().await;
+        let ch = conn.create_channel().await.expect("channel");
+        for name in ["e2e-src", "e2e-dst"] {
+            ch.exchange_declare(
+                name.into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare exchange");
+        }
+        ch.queue_declare(
+            "e2e-q".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare queue");
+        ch.queue_bind(
+            "e2e-q".into(),
+            "e2e-dst".into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue.bind");
+        ch.exchange_bind(
+            "e2e-dst".into(),
+            "e2e-src".into(),
+            "".into(),
+            ExchangeBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("exchange.bind");
+        let publish = |exchange: &'static str, body: &'static [u8]| {
+            ch.basic_publish(
+                exchange.into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default(),
+            )
+        };
+        publish("e2e-src", b"through").await.expect("publish");
+        assert_eq!(get_one(&ch, "e2e-q").await, b"through");
+
+        ch.exchange_unbind(
+            "e2e-dst".into(),
+            "e2e-src".into(),
+            "".into(),
+            ExchangeUnbindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("exchange.unbind");
+        // Methods of one channel are handled in order: were "dropped" still routed, it
+        // would be queued before the marker.
+        publish("e2e-src", b"dropped").await.expect("publish");
+        publish("e2e-dst", b"marker").await.expect("publish");
+        assert_eq!(get_one(&ch, "e2e-q").await, b"marker");
+
+        let err = ch
+            .exchange_bind(
+                "e2e-dst".into(),
+                "e2e-missing".into(),
+                "".into(),
+                ExchangeBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect_err("bind from a missing exchange");
+        let text = err.to_string();
+        assert!(
+            text.contains("NOT_FOUND - no exchange 'e2e-missing' in vhost '/'"),
+            "{text}"
         );
         conn.close(200, "bye".into()).await.expect("close");
         server.stop().await;

@@ -633,11 +633,7 @@ async fn run_producer(
     let mut sequences = vec![0u64; partitions];
     let mut arena = BytesMut::new();
     let rate_per_producer = w.rate_msg_per_s as f64 / w.producers as f64;
-    let limit = if o.messages_per_producer == 0 {
-        u64::MAX
-    } else {
-        o.messages_per_producer
-    };
+    let limit = w.messages_per_producer().unwrap_or(u64::MAX);
     let started = Instant::now();
     let mut generated: u64 = 0;
     let mut round_robin = id as usize % partitions;
@@ -766,8 +762,13 @@ async fn await_confirms(
         if o.confirms && ctx.state.is_measured(message.sent_at) {
             record_latency(&mut histogram, at - message.sent_at);
         }
-        if confirmed && ctx.state.is_measured(at) {
-            ctx.state.sent_measured.fetch_add(1, Ordering::Relaxed);
+        if confirmed {
+            let w = &ctx.workload;
+            ctx.state
+                .acknowledged(w.message_bytes as u64, w.produce_step_bytes, at);
+            if ctx.state.is_measured(at) {
+                ctx.state.sent_measured.fetch_add(1, Ordering::Relaxed);
+            }
         }
         done += 1;
         if o.rate_segment > 0 && done.is_multiple_of(o.rate_segment) {

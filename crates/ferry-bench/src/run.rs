@@ -210,15 +210,9 @@ async fn drive(
     } else {
         ok
     };
-    // A backlog run is measured from its start to the last acknowledgement; a timed run
-    // over its measured window.
-    let backlog = workload.produce_bytes > 0;
-    let produce_s = if backlog {
-        producers_done_at.duration_since(state.start).as_secs_f64()
-    } else {
-        workload.duration_s
-    };
-    let catch_up = (workload.consume_after_produce && workload.consumers > 0).then(|| {
+    let backlog = workload.messages_per_producer().is_some();
+    let (produce_s, produce) = produce_throughput(workload, state, producers_done_at);
+    let catch_up = (workload.consumes_after_produce() && workload.consumers > 0).then(|| {
         Throughput::of(
             consumed,
             workload.message_bytes,
@@ -255,15 +249,7 @@ async fn drive(
         topics: ctx.topics.clone(),
         workload: workload.clone(),
         measured_s: produce_s,
-        produce: Throughput::of(
-            if backlog {
-                acked_messages
-            } else {
-                state.sent_measured.load(Ordering::Acquire)
-            },
-            workload.message_bytes,
-            produce_s.max(1e-9),
-        ),
+        produce,
         consume,
         end_to_end_latency: LatencySummary::of(&end_to_end),
         publish_latency: LatencySummary::of(&publish),
@@ -280,6 +266,32 @@ async fn drive(
         catch_up,
         broker_max_rss_bytes: None,
     })
+}
+
+/// The produce side of a report: the seconds it is measured over, and the throughput. A
+/// backlog run (producers stop after a number of messages) is measured from its start to
+/// the moment the last producer finished, counting every acknowledged message; a timed
+/// run over its measured window, counting the messages acknowledged inside it.
+fn produce_throughput(
+    workload: &Workload,
+    state: &RunState,
+    producers_done_at: Instant,
+) -> (f64, Throughput) {
+    let (messages, seconds) = if workload.messages_per_producer().is_some() {
+        (
+            state.acked_bytes.load(Ordering::Acquire) / workload.message_bytes as u64,
+            producers_done_at.duration_since(state.start).as_secs_f64(),
+        )
+    } else {
+        (
+            state.sent_measured.load(Ordering::Acquire),
+            workload.duration_s,
+        )
+    };
+    (
+        seconds,
+        Throughput::of(messages, workload.message_bytes, seconds.max(1e-9)),
+    )
 }
 
 /// Prints one progress line per second until aborted.
@@ -320,5 +332,58 @@ async fn print_progress(ctx: Arc<RunContext>, target: &'static str) {
         last_sent = sent;
         last_consumed = consumed;
         last_at = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload_file(name: &str) -> Workload {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../bench/workloads")
+            .join(name);
+        Workload::from_toml(path.to_str().expect("utf-8 path")).expect("workload parses")
+    }
+
+    /// `messages` acknowledged, the producers done `seconds` after the start.
+    fn produced(workload: &Workload, messages: u64, seconds: u64) -> (f64, Throughput) {
+        let state = RunState::new(workload);
+        let bytes = messages * workload.message_bytes as u64;
+        state.acknowledged(bytes, workload.produce_step_bytes, state.start);
+        state.sent_measured.store(messages, Ordering::Release);
+        let done = state.start + Duration::from_secs(seconds);
+        produce_throughput(workload, &state, done)
+    }
+
+    #[test]
+    fn backlog_runs_are_rated_over_their_produce_phase_for_both_drivers() {
+        // Capped at 900 s, but the producers stop after 1,000,000 messages each.
+        let amqp = workload_file("amqp-backlog-1m.toml");
+        assert_eq!(amqp.messages_per_producer(), Some(1_000_000));
+        assert!(amqp.consumes_after_produce());
+        let (seconds, produce) = produced(&amqp, 1_000_000, 50);
+        assert_eq!(seconds, 50.0);
+        assert_eq!(produce.messages, 1_000_000);
+        assert!((produce.msg_per_s - 20_000.0).abs() < 1e-6, "{produce:?}");
+
+        // Kafka's w5 stops by `produce_bytes`.
+        let kafka = workload_file("w5.toml");
+        let messages = kafka.produce_bytes / kafka.message_bytes as u64;
+        let (seconds, produce) = produced(&kafka, messages, 40);
+        assert_eq!(seconds, 40.0);
+        assert!((produce.msg_per_s - messages as f64 / 40.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn timed_runs_are_rated_over_their_measured_window() {
+        let timed = Workload {
+            duration_s: 20.0,
+            ..Workload::default()
+        };
+        assert_eq!(timed.messages_per_producer(), None);
+        let (seconds, produce) = produced(&timed, 1_000, 25);
+        assert_eq!(seconds, 20.0);
+        assert!((produce.msg_per_s - 50.0).abs() < 1e-6);
     }
 }

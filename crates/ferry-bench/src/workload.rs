@@ -230,12 +230,28 @@ impl Workload {
         self.consumers == 0 && self.produce_bytes > 0 && self.consume_after_produce
     }
 
-    /// Messages each producer sends in a backlog workload (`None`: run by time).
+    /// Messages each producer sends in a backlog workload (`None`: run by time): its share
+    /// of `produce_bytes`, or the AMQP driver's `messages_per_producer`, whichever is
+    /// smaller when both are set.
     pub fn messages_per_producer(&self) -> Option<u64> {
-        (self.produce_bytes > 0).then(|| {
+        let by_bytes = (self.produce_bytes > 0).then(|| {
             let total = self.produce_bytes.div_ceil(self.message_bytes as u64);
             total.div_ceil(self.producers as u64)
-        })
+        });
+        let by_count = (self.protocol == Protocol::Amqp && self.amqp.messages_per_producer > 0)
+            .then_some(self.amqp.messages_per_producer);
+        match (by_bytes, by_count) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether consumers read only once every producer is done: the workload's
+    /// `consume_after_produce`, or the AMQP driver's own (its consumers connect first and
+    /// wait).
+    pub fn consumes_after_produce(&self) -> bool {
+        self.consume_after_produce
+            || (self.protocol == Protocol::Amqp && self.amqp.consume_after_produce)
     }
 
     /// Total partitions over all topics.

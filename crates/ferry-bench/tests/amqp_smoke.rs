@@ -115,4 +115,13 @@ async fn tiny_amqp_workloads_run_against_the_broker() {
         .expect("run");
     assert_complete(&report, true);
     assert!(report.verification.sent <= 200, "{}", report.render());
+    // Rated over the publishing itself, counting every confirmed message (not only those
+    // inside the measured window), and the drain reported as a catch-up.
+    assert_eq!(
+        report.produce.messages,
+        report.verification.sent,
+        "{}",
+        report.render()
+    );
+    assert!(report.catch_up.is_some(), "{}", report.render());
 }

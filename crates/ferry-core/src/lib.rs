@@ -17,6 +17,7 @@ mod config;
 mod error;
 pub mod group;
 mod internal;
+pub mod listener;
 pub mod message;
 mod metadata;
 pub mod mq;

@@ -34,8 +34,7 @@ use std::io::IoSlice;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 pub use codec::{decode_request, encode_response, DecodeError, DecodedRequest, EncodeError};
 
@@ -62,8 +61,6 @@ const FRAME_READ_CHUNK_BYTES: usize = 64 << 10;
 const FRAME_PREALLOCATE_BYTES: usize = 8 << 20;
 /// Buffers handed to one vectored write (well under every platform's IOV_MAX).
 const MAX_IO_SLICES: usize = 64;
-/// Pause after a failed `accept` (e.g. out of file descriptors), so as not to spin.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Settings of the Kafka listener.
 #[derive(Clone, Debug)]
@@ -135,58 +132,16 @@ pub async fn serve(
         config,
     });
     let grace = Duration::from_millis(shared.config.shutdown_grace_ms);
-    if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "Kafka listener accepting connections");
-    }
-
-    let mut connections = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            Some(finished) = connections.join_next(), if !connections.is_empty() => {
-                if let Err(error) = finished {
-                    if error.is_panic() {
-                        tracing::error!(%error, "a Kafka connection task panicked");
-                    }
-                }
-            }
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    if connections.len() >= shared.config.max_connections {
-                        warn!(%peer, limit = shared.config.max_connections,
-                            "closing new Kafka connection: connection limit reached");
-                        drop(stream);
-                        continue;
-                    }
-                    connections.spawn(connection(stream, peer, shared.clone()));
-                }
-                Err(error) => {
-                    warn!(%error, "accepting a Kafka connection failed");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                }
-            },
-        }
-    }
-
-    drop(listener);
-    info!(
-        connections = connections.len(),
-        "Kafka listener stopped accepting; finishing in-flight requests"
-    );
-    let _ = shutdown_tx.send(true);
-    let drained = tokio::time::timeout(grace, async {
-        while connections.join_next().await.is_some() {}
-    })
+    ferry_core::listener::accept_until_shutdown(
+        listener,
+        "Kafka",
+        shared.config.max_connections,
+        grace,
+        shutdown,
+        shutdown_tx,
+        |stream, peer| connection(stream, peer, shared.clone()),
+    )
     .await;
-    if drained.is_err() {
-        warn!(
-            connections = connections.len(),
-            "Kafka connections still busy after the shutdown grace period; dropping them"
-        );
-        connections.shutdown().await;
-    }
-    info!("Kafka listener stopped");
     Ok(())
 }
 

@@ -9,7 +9,6 @@
 //! under it, so offsets, counts and the read-ahead stay consistent.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -23,6 +22,7 @@ use super::{
     ConsumerEnd, ConsumerShared, DeadLetterReason, Delivery, DeliveryId, EnqueueOutcome, Overflow,
     QueueSettings, QueueType,
 };
+use crate::internal::now_ms;
 use crate::message::{message_from_record, record_is_persistent, FieldTable, FieldValue, Message};
 use crate::mq::{MqError, MqResult};
 
@@ -53,11 +53,18 @@ const ACK_COALESCE_RANGES: usize = 256;
 /// Longest sleep of a queue's maintenance task (segment deletion, ack-log snapshots).
 pub(crate) const MAINTENANCE_INTERVAL_MS: i64 = 1_000;
 /// Publisher back-pressure: while a queue with consumers holds more ready messages than
-/// this, the confirms of messages published to it wait for its consumers to catch up
+/// this, and its consumers would take them all within [`FLOW_DRAIN_MS`] at their current
+/// pace, the confirms of messages published to it wait for the consumers to catch up
 /// (RabbitMQ's credit flow has the same effect). A publisher with a bounded confirm window
 /// then runs at the consumers' pace instead of building a backlog that only adds latency.
-/// Queues without consumers are never throttled: a backlog there is the point.
 pub const FLOW_READY_LIMIT: u64 = 256;
+/// Back-pressure applies only while the consumers would drain the ready messages within
+/// this time. Slow or stuck consumers (a work queue being filled faster than its workers
+/// run, or a consumer at its prefetch limit) never slow publishers down: a backlog there
+/// is what the queue is for, as it is without consumers.
+pub const FLOW_DRAIN_MS: u64 = 500;
+/// Length of the window over which the consumers' pace is measured.
+const FLOW_RATE_WINDOW_MS: i64 = 100;
 
 /// A message out of the log, with what the cursor needs to know about it.
 #[derive(Clone, Debug)]
@@ -218,6 +225,41 @@ struct State {
     /// only when not).
     timer_armed: bool,
     deleted: bool,
+    /// The consumers' pace, for back-pressure: messages handed out in the current window,
+    /// when it started, and the rate of the last complete window (messages per second).
+    pace: Pace,
+}
+
+/// The consumers' recent pace (messages handed out per second).
+#[derive(Debug, Default)]
+struct Pace {
+    window_start_ms: i64,
+    in_window: u64,
+    last_rate: u64,
+}
+
+impl Pace {
+    /// Counts one message handed out at `now`.
+    fn count(&mut self, now: i64) {
+        let elapsed = now - self.window_start_ms;
+        if elapsed >= FLOW_RATE_WINDOW_MS {
+            self.last_rate = self.in_window * 1000 / elapsed.max(1) as u64;
+            self.window_start_ms = now;
+            self.in_window = 0;
+        }
+        self.in_window += 1;
+    }
+
+    /// Messages per second at `now`: the last complete window's, or — once the current
+    /// window is over — the current one's, so a pace that stopped reads as zero.
+    fn rate(&self, now: i64) -> u64 {
+        let elapsed = now - self.window_start_ms;
+        if elapsed >= FLOW_RATE_WINDOW_MS {
+            self.in_window * 1000 / elapsed.max(1) as u64
+        } else {
+            self.last_rate
+        }
+    }
 }
 
 /// Dead letters produced under the lock, sent after it is released (the sink routes them,
@@ -242,9 +284,6 @@ pub(crate) struct Classic {
     /// Woken when the queue falls back under [`FLOW_READY_LIMIT`] (or loses its consumers,
     /// or is deleted): publishers held by back-pressure look again.
     flow: Notify,
-    /// Messages handed to consumers so far: back-pressure gives up on consumers that make
-    /// no progress.
-    handed_out: AtomicU64,
 }
 
 /// The expiry time of a held message: enqueue time plus the smaller of the queue's and the
@@ -373,6 +412,7 @@ impl Classic {
             persisted_ms: 0,
             may_expire: settings.message_ttl_ms.is_some(),
             deleted: false,
+            pace: Pace::default(),
         };
         for (log, mut cursor) in logs.into_iter().zip(cursors) {
             let (start, end) = (log.log_start_offset(), log.log_end_offset());
@@ -405,7 +445,6 @@ impl Classic {
                 .and_then(super::settings::int_of)
                 .and_then(|v| u64::try_from(v).ok()),
             flow: Notify::new(),
-            handed_out: AtomicU64::new(0),
         };
         {
             let mut st = classic.state.lock();
@@ -515,7 +554,14 @@ impl Classic {
     }
 
     /// Records a delivery; `track` keeps it unacked (else it is settled now).
-    fn hand_out(&self, st: &mut State, index: usize, held: Held, track: bool) -> Delivery {
+    fn hand_out(
+        &self,
+        st: &mut State,
+        index: usize,
+        held: Held,
+        track: bool,
+        now: i64,
+    ) -> Delivery {
         let level = &mut st.levels[index];
         level.delivered_below = level.delivered_below.max(held.offset + 1);
         let mut message = held.message.clone();
@@ -543,40 +589,42 @@ impl Classic {
         } else {
             level.settle(held.offset, held.offset + 1);
         }
-        self.handed_out.fetch_add(1, Ordering::Relaxed);
+        st.pace.count(now);
         if st.ready_count <= FLOW_READY_LIMIT {
             self.flow.notify_waiters();
         }
         delivery
     }
 
-    /// Whether publishers to this queue should wait (see [`FLOW_READY_LIMIT`]).
-    fn flow_blocked(st: &State) -> bool {
-        !st.deleted && !st.consumers.is_empty() && st.ready_count > FLOW_READY_LIMIT
+    /// Whether publishers to this queue should wait: consumers lag more than
+    /// [`FLOW_READY_LIMIT`] messages behind but take them fast enough to catch up within
+    /// [`FLOW_DRAIN_MS`].
+    fn flow_blocked(st: &State, now: i64) -> bool {
+        let excess = st.ready_count.saturating_sub(FLOW_READY_LIMIT);
+        !st.deleted
+            && !st.consumers.is_empty()
+            && excess > 0
+            && st.ready_count.saturating_mul(1000)
+                <= st.pace.rate(now).saturating_mul(FLOW_DRAIN_MS)
     }
 
-    /// Publisher back-pressure: waits while the queue's consumers lag more than
-    /// [`FLOW_READY_LIMIT`] messages behind. Gives up when they hand out nothing for
-    /// `stall` (stuck or saturated consumers would hold publishers forever) and after
+    /// Publisher back-pressure: waits while [`Classic::flow_blocked`] holds, rechecking at
+    /// least every `recheck` (the consumers' pace may stop without any event), and at most
     /// `max_hold` in all.
-    pub async fn flow_wait(&self, stall: std::time::Duration, max_hold: std::time::Duration) {
+    pub async fn flow_wait(&self, recheck: std::time::Duration, max_hold: std::time::Duration) {
         let deadline = tokio::time::Instant::now() + max_hold;
-        let mut seen = self.handed_out.load(Ordering::Relaxed);
         loop {
             let notified = self.flow.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if !Self::flow_blocked(&self.state.lock()) {
+            if !Self::flow_blocked(&self.state.lock(), now_ms()) {
                 return;
             }
-            let wake = (tokio::time::Instant::now() + stall).min(deadline);
-            if tokio::time::timeout_at(wake, notified).await.is_err() {
-                let now = self.handed_out.load(Ordering::Relaxed);
-                if now == seen || tokio::time::Instant::now() >= deadline {
-                    return;
-                }
-                seen = now;
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return;
             }
+            let _ = tokio::time::timeout_at((now + recheck).min(deadline), notified).await;
         }
     }
 
@@ -611,7 +659,7 @@ impl Classic {
             let Some((index, held)) = Self::pop_ready(st, settings, now, dead)? else {
                 break;
             };
-            let delivery = self.hand_out(st, index, held, true);
+            let delivery = self.hand_out(st, index, held, true, now);
             let slot = &mut st.consumers[slot];
             slot.mailbox = Some(delivery);
             slot.waiting = None;
@@ -709,7 +757,7 @@ impl Classic {
         self.persist(&mut st, now, false);
         Ok(EnqueueOutcome::Enqueued {
             durable: appended.durable,
-            throttled: Self::flow_blocked(&st),
+            throttled: Self::flow_blocked(&st, now),
         })
     }
 
@@ -861,7 +909,8 @@ impl Classic {
         self.check_live(&st)?;
         st.last_used_ms = now;
         let popped = Self::pop_ready(&mut st, settings, now, dead)?;
-        let delivery = popped.map(|(index, held)| self.hand_out(&mut st, index, held, !no_ack));
+        let delivery =
+            popped.map(|(index, held)| self.hand_out(&mut st, index, held, !no_ack, now));
         self.persist(&mut st, now, false);
         Ok(delivery)
     }
@@ -999,7 +1048,7 @@ impl Classic {
             }
         }
         st.timer_armed = armed;
-        if !Self::flow_blocked(&st) {
+        if !Self::flow_blocked(&st, now) {
             // Expiry may have brought the queue under the limit.
             self.flow.notify_waiters();
         }

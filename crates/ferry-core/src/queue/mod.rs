@@ -50,11 +50,11 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
-pub use classic::FLOW_READY_LIMIT;
 pub use classic::{
     storage_key, storage_key_of_log, DeleteReason, ACK_LOG_PREFIX, QUEUE_LOG_PREFIX,
 };
 use classic::{Classic, DeadLetters};
+pub use classic::{FLOW_DRAIN_MS, FLOW_READY_LIMIT};
 pub use settings::{
     max_age_ms, queue_resource, type_name, Overflow, QueueSettings, QueueType, MAX_EXPIRY_MS,
     MAX_PRIORITY,
@@ -65,9 +65,9 @@ use stream::{Stream, StreamCursor};
 /// Wait after a failed stream read before trying again (the log is being cut by retention
 /// or the disk failed; never a busy loop).
 const STREAM_RETRY_MS: u64 = 100;
-/// Back-pressure stops holding a publisher when the queue's consumers took nothing for
-/// this long (they are stuck or at their prefetch limit: waiting would not help).
-pub const FLOW_STALL: Duration = Duration::from_millis(100);
+/// A publisher held by back-pressure looks again at least this often (the consumers'
+/// pace may drop without any event to wake it).
+pub const FLOW_RECHECK: Duration = Duration::from_millis(20);
 /// Longest a publisher is held by one queue's back-pressure.
 pub const FLOW_MAX_HOLD: Duration = Duration::from_secs(1);
 
@@ -447,12 +447,12 @@ impl Queue {
         }
     }
 
-    /// Publisher back-pressure: waits while this queue has consumers and more than
-    /// [`FLOW_READY_LIMIT`] ready messages, until they catch up — or make no progress for
-    /// [`FLOW_STALL`], or [`FLOW_MAX_HOLD`] has passed. Returns at once for other queues.
+    /// Publisher back-pressure: waits while this queue has consumers, more than
+    /// [`FLOW_READY_LIMIT`] ready messages, and consumers fast enough to take them within
+    /// [`FLOW_DRAIN_MS`]; at most [`FLOW_MAX_HOLD`]. Returns at once for other queues.
     pub async fn flow_wait(&self) {
         if let Engine::Classic(classic) = &self.engine {
-            classic.flow_wait(FLOW_STALL, FLOW_MAX_HOLD).await;
+            classic.flow_wait(FLOW_RECHECK, FLOW_MAX_HOLD).await;
         }
     }
 

@@ -12,6 +12,7 @@ import pytest
 from amqp_target import (
     RawAmqp,
     channel_close,
+    close_quietly,
     enc_shortstr,
     get_bodies,
     message_count,
@@ -226,3 +227,33 @@ def test_publish_many_then_count(conn, cleanup):
     wait_until(lambda: message_count(ch, q) == 2000, what="2000 messages")
     assert [int(b) for b in get_bodies(ch, q)] == list(range(2000))
 
+
+
+def test_confirming_publisher_is_not_slowed_by_a_saturated_consumer(amqp, conn, cleanup):
+    """A one-at-a-time confirming publisher (pika's BlockingChannel waits for each confirm)
+    filling a queue whose only consumer sits at its prefetch limit runs at full speed: a
+    backlog behind a consumer that is not keeping pace is what the queue is for. (Ferry's
+    back-pressure holds confirms only for consumers that would catch up within half a
+    second; RabbitMQ does not slow this publisher either.)"""
+    ch = conn.channel()
+    q = declare(ch, cleanup, "flow-saturated")
+    consumer_conn = amqp.connect()
+    try:
+        cch = consumer_conn.channel()
+        cch.basic_qos(prefetch_count=5)
+        delivered = []
+        cch.basic_consume(q, lambda c, m, p, b: delivered.append(m.delivery_tag))  # never acks
+        consumer_conn.process_data_events(0.2)
+        ch.confirm_delivery()
+        started = time.monotonic()
+        for i in range(600):
+            ch.basic_publish("", q, b"m%d" % i)
+        elapsed = time.monotonic() - started
+        consumer_conn.process_data_events(0.2)
+        assert len(delivered) == 5
+        assert message_count(ch, q) == 595
+        # Unthrottled this takes well under a second; holding each confirm past the backlog of
+        # 256 for even 50 ms would take over 17 s.
+        assert elapsed < 8, f"600 confirmed publishes took {elapsed:.1f}s"
+    finally:
+        close_quietly(consumer_conn)

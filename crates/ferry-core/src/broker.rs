@@ -1291,11 +1291,23 @@ fn read_fetch(
         let records = if request.offset >= high_watermark || (limit == 0 && !first_with_data) {
             Bytes::new()
         } else {
-            match log.read(request.offset, limit as u32, high_watermark) {
-                // The storage returns at least one whole batch; only the first partition
-                // with data may exceed the limits.
-                Ok(read) if first_with_data => read.records,
-                Ok(read) => whole_batches_within(read.records, limit),
+            // Only the first partition with data may exceed the limits (by one batch).
+            let read = if first_with_data {
+                log.read(request.offset, limit as u32, high_watermark)
+            } else {
+                log.read_within(request.offset, limit as u32, high_watermark)
+            };
+            match read {
+                Ok(read) => {
+                    if read.records.is_empty() {
+                        // The next batch does not fit in what is left: the response is
+                        // full. Looking for batches that would fit in the rest would cost
+                        // a header read in each of the remaining partitions (thousands
+                        // with many partitions) for a few bytes.
+                        remaining = 0;
+                    }
+                    read.records
+                }
                 Err(e) => {
                     any_error = true;
                     let error = map_storage(e, &format!("{}-{}", request.topic, request.partition));
@@ -1318,22 +1330,6 @@ fn read_fetch(
         });
     }
     (results, total, any_error)
-}
-
-/// The longest prefix of whole batches of `records` that fits in `limit` bytes.
-fn whole_batches_within(records: Bytes, limit: usize) -> Bytes {
-    let mut end = 0;
-    while end < records.len() {
-        let Ok(header) = BatchHeader::parse(&records[end..]) else {
-            break;
-        };
-        let next = end + header.total_bytes();
-        if next > limit || next > records.len() {
-            break;
-        }
-        end = next;
-    }
-    records.slice(..end)
 }
 
 /// Kafka's leader-epoch lookup over `(epoch, start offset)` entries in ascending order.

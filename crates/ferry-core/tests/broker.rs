@@ -784,6 +784,17 @@ async fn fetch_respects_byte_limits_but_returns_a_whole_batch() {
             "a whole batch despite the partition limit"
         );
         assert_eq!(decode(&fetched[1].records).len(), 3);
+
+        // Later partitions get whole batches within what is left, and none once the next
+        // batch does not fit.
+        let one_batch = fetched[0].records.len();
+        let left_for_one_and_a_half = (3 * one_batch + one_batch * 3 / 2) as u32;
+        let fetched = broker
+            .fetch(&requests, Duration::ZERO, 0, left_for_one_and_a_half)
+            .await;
+        assert_eq!(decode(&fetched[0].records).len(), 3);
+        assert_eq!(decode(&fetched[1].records), [(0, value.clone())]);
+        assert_eq!(fetched[1].high_watermark, 3);
         broker.shutdown().await.expect("shutdown");
     })
     .await;

@@ -851,6 +851,24 @@ impl PartitionLog {
     /// (but always at least one whole batch if there is one), not past `max_offset`
     /// (exclusive; the high watermark). `offset == log_end_offset` returns no records.
     pub fn read(&self, offset: i64, max_bytes: u32, max_offset: i64) -> Result<ReadResult> {
+        self.read_batches(offset, max_bytes, max_offset, true)
+    }
+
+    /// Like [`PartitionLog::read`], but never returns more than `max_bytes`: when the batch
+    /// holding `offset` is larger, it returns no records and reads nothing past that
+    /// batch's header. For the later partitions of a fetch, whose share of the response
+    /// is what is left of its size limit.
+    pub fn read_within(&self, offset: i64, max_bytes: u32, max_offset: i64) -> Result<ReadResult> {
+        self.read_batches(offset, max_bytes, max_offset, false)
+    }
+
+    fn read_batches(
+        &self,
+        offset: i64,
+        max_bytes: u32,
+        max_offset: i64,
+        at_least_one_batch: bool,
+    ) -> Result<ReadResult> {
         let max_bytes = max_bytes.min(READ_BYTES_MAX) as u64;
         let mut target = offset;
         let mut mismatches = 0;
@@ -874,14 +892,16 @@ impl PartitionLog {
             };
             let outcome = match &located {
                 Located::Active { file, size, hint } => {
-                    self.read_segment(file, *size, *hint, target, offset, max_bytes, max_offset)?
+                    let limit = (max_bytes, max_offset, at_least_one_batch);
+                    self.read_segment(file, *size, *hint, target, offset, limit)?
                 }
                 Located::Closed { seg, .. } => {
                     let (file, hint) = match self.closed_files(seg, target)? {
                         Some(found) => found,
                         None => return Err(self.out_of_range(offset)),
                     };
-                    self.read_segment(&file, seg.size, hint, target, offset, max_bytes, max_offset)?
+                    let limit = (max_bytes, max_offset, at_least_one_batch);
+                    self.read_segment(&file, seg.size, hint, target, offset, limit)?
                 }
             };
             match (outcome, &located) {
@@ -922,8 +942,8 @@ impl PartitionLog {
         }
     }
 
-    /// Reads from one segment, starting the header walk at the index hint.
-    #[allow(clippy::too_many_arguments)]
+    /// Reads from one segment, starting the header walk at the index hint. `limit` is
+    /// (max bytes, max offset exclusive, whether one batch may exceed max bytes).
     fn read_segment(
         &self,
         file: &File,
@@ -931,9 +951,9 @@ impl PartitionLog {
         hint: (i64, u64),
         target: i64,
         offset: i64,
-        max_bytes: u64,
-        max_offset: i64,
+        limit: (u64, i64, bool),
     ) -> Result<SegmentRead> {
+        let (max_bytes, max_offset, at_least_one_batch) = limit;
         let path = || self.dir.clone();
         let (start, first) =
             match find_batch(file, segment_bytes, hint.1, hint.0, target).at(&path())? {
@@ -942,7 +962,8 @@ impl PartitionLog {
                 Ok(FindBatch::NotInSegment) => return Ok(SegmentRead::NotInSegment),
                 Ok(FindBatch::Found(start, header)) => (start, header),
             };
-        if first.last_offset() >= max_offset {
+        let too_big = !at_least_one_batch && first.total_bytes() as u64 > max_bytes;
+        if first.last_offset() >= max_offset || too_big {
             return Ok(SegmentRead::Found(ReadResult {
                 records: Bytes::new(),
                 next_offset: offset,

@@ -45,6 +45,15 @@ fn append_assigns_contiguous_offsets_and_reads_whole_batches() {
     let read = log.read(0, 1, 9).expect("read");
     assert_eq!(split_batches(&read.records, true).expect("valid").len(), 1);
     assert_eq!(read.next_offset, 3);
+    // `read_within` never exceeds max_bytes: a batch too big gives nothing...
+    let first_batch = make_batch(3, 10, 1000).len();
+    let read = log.read_within(0, first_batch as u32 - 1, 9).expect("read");
+    assert!(read.records.is_empty());
+    assert_eq!(read.next_offset, 0);
+    // ...and only the whole batches that fit are returned.
+    let read = log.read_within(0, first_batch as u32 + 1, 9).expect("read");
+    assert_eq!(read.records.len(), first_batch);
+    assert_eq!(read.next_offset, 3);
     // Never past max_offset.
     let read = log.read(0, 1 << 20, 3).expect("read");
     assert_eq!(read.next_offset, 3);

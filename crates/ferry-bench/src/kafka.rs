@@ -49,8 +49,11 @@ const KEY_SPACE: u64 = 100_000;
 const PRODUCE_TIMEOUT_MS: i32 = 30_000;
 /// Fetch long-poll wait.
 const FETCH_MAX_WAIT_MS: i32 = 100;
-/// Fetch response size cap.
-const FETCH_MAX_BYTES: i32 = 32 << 20;
+/// Fetch response size cap. Below glibc's largest mmap threshold (32 MiB), so that
+/// response buffers are reused from the heap instead of being fresh mappings whose every
+/// page faults in (measured at 10,000 partitions: 32 MiB responses moved 210 MB/s, 16 MiB
+/// ones 265 MB/s on the tcp-baseline).
+const FETCH_MAX_BYTES: i32 = 16 << 20;
 /// Fetch size cap per partition.
 const FETCH_PARTITION_MAX_BYTES: i32 = 4 << 20;
 /// Pause after a retriable fetch error.
@@ -682,6 +685,8 @@ async fn run_consumer(
     let mut correlation_id: i32 = 0;
     let mut errors_in_a_row = 0u32;
     let mut drain_deadline: Option<Instant> = None;
+    // Where the next fetch request's partition list starts.
+    let mut first = 0usize;
 
     loop {
         if ctx.state.producers_done.load(Ordering::Acquire) {
@@ -694,8 +699,12 @@ async fn run_consumer(
                 break;
             }
         }
+        // The target fills a response in request order until max_bytes: starting each
+        // request after the last partition served keeps every partition drained in turn
+        // instead of starving the tail of a long list.
         let mut by_topic: Vec<Vec<FetchPartition>> = vec![Vec::new(); ctx.topics.len()];
-        for (i, &g) in partitions.iter().enumerate() {
+        for i in (first..partitions.len()).chain(0..first) {
+            let g = partitions[i];
             let (topic, index) = ctx.split_partition(g);
             by_topic[topic].push(
                 FetchPartition::default()
@@ -789,6 +798,7 @@ async fn run_consumer(
                     Ok::<(), BenchError>(())
                 })?;
                 if consumed > 0 {
+                    first = (i + 1) % partitions.len();
                     ctx.state.consumed_per_partition[g].fetch_add(consumed, Ordering::AcqRel);
                     ctx.state
                         .consumed_total

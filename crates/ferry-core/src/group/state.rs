@@ -975,14 +975,29 @@ impl GroupTable {
     /// JoinGroup. The answer goes to `reply`, now or when the rebalance completes.
     pub fn join(&mut self, request: JoinRequest, now: Now, reply: JoinReply) {
         let group_id = request.group_id.clone();
+        self.answer_or_hold(&group_id, now, reply, |state, slot| {
+            state.join_inner(request, now, slot)
+        });
+    }
+
+    /// Runs an operation whose answer may have to wait (JoinGroup for the rebalance,
+    /// SyncGroup for the leader's assignment): `op` takes the reply out of its slot to
+    /// answer later; if it leaves it, its outcome is the answer now.
+    fn answer_or_hold<T>(
+        &mut self,
+        group_id: &str,
+        now: Now,
+        reply: oneshot::Sender<Result<T>>,
+        op: impl FnOnce(&mut Self, &mut Option<oneshot::Sender<Result<T>>>) -> Result<Option<T>>,
+    ) {
         let mut slot = Some(reply);
-        let outcome = self.join_inner(request, now, &mut slot);
+        let outcome = op(self, &mut slot);
         if let Some(reply) = slot.take() {
             let answer =
                 outcome.and_then(|response| response.ok_or(CoreError::CoordinatorNotAvailable));
             let _ = reply.send(answer);
         }
-        self.after_op(&group_id, now);
+        self.after_op(group_id, now);
     }
 
     fn join_inner(
@@ -1041,14 +1056,9 @@ impl GroupTable {
     /// SyncGroup. The answer goes to `reply`, now or when the leader's assignment arrives.
     pub fn sync(&mut self, request: SyncRequest, now: Now, reply: SyncReply) {
         let group_id = request.group_id.clone();
-        let mut slot = Some(reply);
-        let outcome = self.sync_inner(request, now, &mut slot);
-        if let Some(reply) = slot.take() {
-            let answer =
-                outcome.and_then(|response| response.ok_or(CoreError::CoordinatorNotAvailable));
-            let _ = reply.send(answer);
-        }
-        self.after_op(&group_id, now);
+        self.answer_or_hold(&group_id, now, reply, |state, slot| {
+            state.sync_inner(request, now, slot)
+        });
     }
 
     fn sync_inner(

@@ -29,7 +29,7 @@ use tracing::debug;
 use crate::book::{coalesce_confirms, DeliveryBook, Unacked};
 use crate::codec::{content_head, method_frame};
 use crate::convert::{
-    as_integer, properties_from_wire, properties_to_wire, short, stream_start, table_from_wire,
+    properties_from_wire, properties_to_wire, short, stream_start, table_from_wire,
 };
 use crate::error::*;
 use crate::writer::Out;
@@ -728,7 +728,8 @@ impl Channel {
         let arguments = table_from_wire(&c.arguments);
         let priority = match arguments.get("x-priority") {
             None => 0,
-            Some(v) => as_integer(v)
+            Some(v) => v
+                .as_integer()
                 .and_then(|p| i32::try_from(p).ok())
                 .ok_or_else(|| {
                     AmqpError::channel(

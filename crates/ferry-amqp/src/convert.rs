@@ -173,20 +173,6 @@ pub fn properties_to_wire(p: &Properties) -> AMQPProperties {
     w
 }
 
-/// An integer field value of any width.
-pub fn as_integer(value: &FieldValue) -> Option<i64> {
-    Some(match value {
-        FieldValue::I8(v) => i64::from(*v),
-        FieldValue::U8(v) => i64::from(*v),
-        FieldValue::I16(v) => i64::from(*v),
-        FieldValue::U16(v) => i64::from(*v),
-        FieldValue::I32(v) => i64::from(*v),
-        FieldValue::U32(v) => i64::from(*v),
-        FieldValue::I64(v) => *v,
-        _ => return None,
-    })
-}
-
 /// `x-stream-offset` of `basic.consume`, RabbitMQ's forms: `first`, `last`, `next`, an
 /// offset (any integer type), a timestamp (`T`, seconds), or an interval string
 /// (`<n>Y|M|D|h|m|s`, that long before `now_ms`). `Err` carries the text of the
@@ -195,7 +181,7 @@ pub fn stream_start(value: Option<&FieldValue>, now_ms: i64) -> Result<StreamSta
     let Some(value) = value else {
         return Ok(StreamStart::Next);
     };
-    if let Some(offset) = as_integer(value) {
+    if let Some(offset) = value.as_integer() {
         return Ok(StreamStart::Offset(offset.max(0)));
     }
     let text = match value {

@@ -466,7 +466,7 @@ impl Classic {
             delivery_limit: settings
                 .arguments
                 .get("x-delivery-limit")
-                .and_then(super::settings::int_of)
+                .and_then(FieldValue::as_integer)
                 .and_then(|v| u64::try_from(v).ok()),
             flow: Notify::new(),
             flow_waiters: AtomicUsize::new(0),

@@ -102,20 +102,6 @@ pub fn type_name(value: &FieldValue) -> &'static str {
     }
 }
 
-/// The integer of an integer-typed value (RabbitMQ's `?INTEGER_ARG_TYPES`).
-pub(crate) fn int_of(value: &FieldValue) -> Option<i64> {
-    Some(match value {
-        FieldValue::I8(v) => (*v).into(),
-        FieldValue::U8(v) => (*v).into(),
-        FieldValue::I16(v) => (*v).into(),
-        FieldValue::U16(v) => (*v).into(),
-        FieldValue::I32(v) => (*v).into(),
-        FieldValue::U32(v) => (*v).into(),
-        FieldValue::I64(v) => *v,
-        _ => return None,
-    })
-}
-
 /// The text of a string-typed value.
 fn str_of(value: &FieldValue) -> Option<String> {
     match value {
@@ -134,7 +120,9 @@ fn unacceptable(value: &FieldValue) -> ArgError {
 
 fn int_arg(value: &FieldValue) -> Result<i64, ArgError> {
     // RabbitMQ 3.10 formats this one as a string (`~p` of "expected integer, got T").
-    int_of(value).ok_or_else(|| format!("\"expected integer, got {}\"", type_name(value)))
+    value
+        .as_integer()
+        .ok_or_else(|| format!("\"expected integer, got {}\"", type_name(value)))
 }
 
 fn non_neg_int(value: &FieldValue) -> Result<u64, ArgError> {
@@ -311,7 +299,7 @@ impl QueueSettings {
         // Not validated by RabbitMQ 3.10 at declare; a usable value is honoured.
         settings.consumer_timeout_ms = arguments
             .get("x-consumer-timeout")
-            .and_then(int_of)
+            .and_then(FieldValue::as_integer)
             .and_then(|v| u64::try_from(v).ok());
         if settings.queue_type != QueueType::Classic {
             check_replicated_type(&settings, &arguments, &rs)?;

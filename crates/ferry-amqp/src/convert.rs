@@ -13,7 +13,7 @@ use amq_protocol::types::{
 };
 use bytes::Bytes;
 use ferry_core::message::{FieldTable, FieldValue, Properties};
-use ferry_core::queue::StreamStart;
+use ferry_core::queue::{time_unit_ms, StreamStart};
 
 /// Longest AMQP short string.
 const SHORT_STRING_MAX: usize = 255;
@@ -206,15 +206,7 @@ pub fn stream_start(value: Option<&FieldValue>, now_ms: i64) -> Result<StreamSta
     let unit_at = text.len().checked_sub(1).ok_or_else(invalid)?;
     let (digits, unit) = text.split_at(unit_at);
     let n: i64 = digits.parse().map_err(|_| invalid())?;
-    let unit_ms: i64 = match unit {
-        "Y" => 365 * 24 * 3_600_000,
-        "M" => 30 * 24 * 3_600_000,
-        "D" => 24 * 3_600_000,
-        "h" => 3_600_000,
-        "m" => 60_000,
-        "s" => 1000,
-        _ => return Err(invalid()),
-    };
+    let unit_ms = time_unit_ms(unit).ok_or_else(invalid)?;
     if n < 0 {
         return Err(invalid());
     }

@@ -157,7 +157,13 @@ pub fn max_age_ms(text: &str) -> Option<i64> {
     let unit_at = text.find(|c: char| !c.is_ascii_digit())?;
     let (digits, unit) = text.split_at(unit_at);
     let n: i64 = digits.parse().ok()?;
-    let unit_ms: i64 = match unit {
+    n.checked_mul(time_unit_ms(unit)?).filter(|ms| *ms > 0)
+}
+
+/// Milliseconds in one of RabbitMQ's stream time units (`x-max-age`, `x-stream-offset`):
+/// `Y` (365 days), `M` (30 days), `D`, `h`, `m`, `s`.
+pub fn time_unit_ms(unit: &str) -> Option<i64> {
+    Some(match unit {
         "Y" => 365 * 24 * 3_600_000,
         "M" => 30 * 24 * 3_600_000,
         "D" => 24 * 3_600_000,
@@ -165,8 +171,7 @@ pub fn max_age_ms(text: &str) -> Option<i64> {
         "m" => 60_000,
         "s" => 1_000,
         _ => return None,
-    };
-    n.checked_mul(unit_ms).filter(|ms| *ms > 0)
+    })
 }
 
 /// `queue 'q' in vhost '/'`, RabbitMQ's `rabbit_misc:rs/1` of a queue.

@@ -1000,6 +1000,20 @@ impl GroupTable {
         self.after_op(group_id, now);
     }
 
+    /// Creates the empty group `group_id` in `groups`, unless it holds [`GROUPS_MAX`]
+    /// groups already. (Takes the map, not `self`: callers hold the settings borrowed.)
+    fn create_group(groups: &mut BTreeMap<String, Group>, group_id: &str, now: Now) -> Result<()> {
+        if groups.len() >= GROUPS_MAX {
+            tracing::warn!(
+                groups = GROUPS_MAX,
+                "group limit reached; refusing a new group"
+            );
+            return Err(CoreError::CoordinatorNotAvailable);
+        }
+        groups.insert(group_id.to_string(), Group::new(group_id.to_string(), now));
+        Ok(())
+    }
+
     fn join_inner(
         &mut self,
         request: JoinRequest,
@@ -1024,17 +1038,7 @@ impl GroupTable {
             if !is_new {
                 return Err(CoreError::UnknownMemberId);
             }
-            if self.groups.len() >= GROUPS_MAX {
-                tracing::warn!(
-                    groups = GROUPS_MAX,
-                    "group limit reached; refusing a new group"
-                );
-                return Err(CoreError::CoordinatorNotAvailable);
-            }
-            self.groups.insert(
-                request.group_id.clone(),
-                Group::new(request.group_id.clone(), now),
-            );
+            Self::create_group(&mut self.groups, &request.group_id, now)?;
         }
         let Some(group) = self.groups.get_mut(&request.group_id) else {
             return Err(CoreError::CoordinatorNotAvailable);
@@ -1237,15 +1241,7 @@ impl GroupTable {
                 // A member of a generation the coordinator never saw.
                 return Err(CoreError::IllegalGeneration);
             }
-            if self.groups.len() >= GROUPS_MAX {
-                tracing::warn!(
-                    groups = GROUPS_MAX,
-                    "group limit reached; refusing a new group"
-                );
-                return Err(CoreError::CoordinatorNotAvailable);
-            }
-            self.groups
-                .insert(group_id.to_string(), Group::new(group_id.to_string(), now));
+            Self::create_group(&mut self.groups, group_id, now)?;
         }
         let Some(group) = self.groups.get_mut(group_id) else {
             return Err(CoreError::CoordinatorNotAvailable);

@@ -299,13 +299,24 @@ fn duplicate_error() -> (i16, Option<StrBytes>) {
     )
 }
 
-/// The outcome of altering each resource of a request: one named more than once is
-/// refused (every time, as Kafka does), so is one that is not a topic; `alter` does the
-/// rest.
+/// How an alter request applies its changes.
+#[derive(Clone, Copy, Debug)]
+struct AlterMode {
+    /// Changes apply to single keys (IncrementalAlterConfigs), not the whole set.
+    incremental: bool,
+    /// Check only, change nothing.
+    validate_only: bool,
+}
+
+/// Alters each resource of a request with the changes `ops` reads from it: a resource
+/// named more than once is refused (every time, as Kafka does), so is one that is not
+/// a topic.
 fn alter_each<R>(
+    session: &Session,
     resources: &[R],
     id: impl Fn(&R) -> (i8, &str),
-    alter: impl Fn(&R) -> AlterOutcome,
+    mode: AlterMode,
+    ops: impl Fn(&R) -> Result<Vec<ConfigOp>, (i16, Option<StrBytes>)>,
 ) -> Vec<AlterOutcome> {
     let repeated = repeated_resources(resources.iter().map(&id));
     resources
@@ -313,10 +324,15 @@ fn alter_each<R>(
         .map(|resource| {
             let (resource_type, name) = id(resource);
             if repeated.contains(&(resource_type, name)) {
-                Err(duplicate_error())
-            } else {
-                alterable(resource_type).and_then(|()| alter(resource))
+                return Err(duplicate_error());
             }
+            alterable(resource_type)?;
+            alter_outcome(session.broker().alter_topic_config(
+                name,
+                ops(resource)?,
+                mode.incremental,
+                mode.validate_only,
+            ))
         })
         .collect()
 }
@@ -335,23 +351,22 @@ pub(super) fn alter_configs(
     _version: i16,
 ) -> AlterConfigsResponse {
     let outcomes = alter_each(
+        session,
         &request.resources,
         |r| (r.resource_type, r.resource_name.as_str()),
+        AlterMode {
+            incremental: false,
+            validate_only: request.validate_only,
+        },
         |resource| {
-            let ops = resource
+            Ok(resource
                 .configs
                 .iter()
                 .map(|c| match &c.value {
                     Some(value) => ConfigOp::Set(c.name.to_string(), value.to_string()),
                     None => ConfigOp::Delete(c.name.to_string()),
                 })
-                .collect();
-            alter_outcome(session.broker().alter_topic_config(
-                &resource.resource_name,
-                ops,
-                false,
-                request.validate_only,
-            ))
+                .collect())
         },
     );
     let responses = request
@@ -378,10 +393,15 @@ pub(super) fn incremental_alter_configs(
     _version: i16,
 ) -> IncrementalAlterConfigsResponse {
     let outcomes = alter_each(
+        session,
         &request.resources,
         |r| (r.resource_type, r.resource_name.as_str()),
+        AlterMode {
+            incremental: true,
+            validate_only: request.validate_only,
+        },
         |resource| {
-            let ops = resource
+            resource
                 .configs
                 .iter()
                 .map(|c| {
@@ -406,13 +426,7 @@ pub(super) fn incremental_alter_configs(
                         )),
                     }
                 })
-                .collect::<Result<Vec<_>, _>>()?;
-            alter_outcome(session.broker().alter_topic_config(
-                &resource.resource_name,
-                ops,
-                true,
-                request.validate_only,
-            ))
+                .collect::<Result<Vec<_>, _>>()
         },
     );
     let responses = request

@@ -369,9 +369,8 @@ fn check_replicated_type(
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
+    use crate::test_support::{s, table};
 
     fn parse(args: &[(&str, FieldValue)]) -> MqResult<QueueSettings> {
         parse_with(true, None, false, args)
@@ -383,11 +382,7 @@ mod tests {
         auto_delete: bool,
         args: &[(&str, FieldValue)],
     ) -> MqResult<QueueSettings> {
-        let table: FieldTable = args
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect();
-        QueueSettings::parse("/", "q", durable, exclusive, auto_delete, table)
+        QueueSettings::parse("/", "q", durable, exclusive, auto_delete, table(args))
     }
 
     fn text(e: MqResult<QueueSettings>) -> String {
@@ -395,10 +390,6 @@ mod tests {
             Err(MqError::PreconditionFailed(t)) => t,
             other => panic!("expected PRECONDITION_FAILED, got {other:?}"),
         }
-    }
-
-    fn s(v: &str) -> FieldValue {
-        FieldValue::LongString(Bytes::from(v.to_string()))
     }
 
     #[test]

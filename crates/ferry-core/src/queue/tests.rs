@@ -10,7 +10,8 @@ use ferry_storage::{Store, StoreConfig};
 use parking_lot::Mutex;
 
 use super::*;
-use crate::message::{FieldTable, FieldValue, Properties};
+use crate::message::{FieldValue, Properties};
+use crate::test_support::{s, table};
 
 /// Upper bound of any one async step in these tests.
 const STEP: Duration = Duration::from_secs(5);
@@ -89,12 +90,8 @@ impl Fixture {
         auto_delete: bool,
         args: &[(&str, FieldValue)],
     ) -> Arc<Queue> {
-        let table: FieldTable = args
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect();
-        let settings =
-            QueueSettings::parse("/", name, durable, None, auto_delete, table).expect("settings");
+        let settings = QueueSettings::parse("/", name, durable, None, auto_delete, table(args))
+            .expect("settings");
         Queue::open(&self.env(), "/", name, settings).expect("open")
     }
 
@@ -106,10 +103,6 @@ impl Fixture {
         let store = Store::open(StoreConfig::new(_dir.path())).expect("reopen");
         Fixture { _dir, store, sink }
     }
-}
-
-fn s(v: &str) -> FieldValue {
-    FieldValue::LongString(Bytes::from(v.to_string()))
 }
 
 fn msg(body: &str) -> Message {

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use super::*;
 use crate::message::{FieldValue, Message, Properties};
 use crate::mq::ConnectionId;
+use crate::test_support::{s, table};
 use crate::{Broker, BrokerConfig};
 
 /// Upper bound of any one async step in these tests.
@@ -18,17 +19,6 @@ const STEP: Duration = Duration::from_secs(10);
 
 async fn within<T>(f: impl Future<Output = T>) -> T {
     tokio::time::timeout(STEP, f).await.expect("timed out")
-}
-
-fn s(v: &str) -> FieldValue {
-    FieldValue::LongString(Bytes::copy_from_slice(v.as_bytes()))
-}
-
-fn table(entries: &[(&str, FieldValue)]) -> FieldTable {
-    entries
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect()
 }
 
 fn exchange(name: &str, kind: &str) -> ExchangeDeclare {

@@ -18,7 +18,7 @@ use bytes::{Bytes, BytesMut};
 use ferry_core::auth::{Access, AuthedUser, ResourceKind};
 use ferry_core::message::Message;
 use ferry_core::mq::ConnectionId;
-use ferry_core::queue::{Consumer, ConsumerEnd, ConsumerSpec, Queue, QueueType};
+use ferry_core::queue::{Consumer, ConsumerEnd, ConsumerSpec, Delivery, Queue, QueueType};
 use ferry_core::routing::{Confirm, ExchangeDeclare, ExchangeKind, QueueDeclare, VHost};
 use ferry_core::Broker;
 use parking_lot::Mutex;
@@ -29,7 +29,7 @@ use tracing::debug;
 use crate::book::{coalesce_confirms, DeliveryBook, Unacked};
 use crate::codec::{content_head, method_frame};
 use crate::convert::{
-    as_integer, properties_from_wire, properties_to_wire, short, stream_start, table_from_wire,
+    properties_from_wire, properties_to_wire, short, stream_start, table_from_wire,
 };
 use crate::error::*;
 use crate::writer::Out;
@@ -154,6 +154,32 @@ struct Shared {
     credit: Notify,
 }
 
+impl Shared {
+    /// The channel's tag for a delivery of `queue`: tracked until settled (`consumer` is
+    /// its consumer; none for `basic.get`) unless `no_ack`.
+    fn delivery_tag(
+        &self,
+        queue: &Arc<Queue>,
+        delivery: &Delivery,
+        consumer: Option<Arc<str>>,
+        no_ack: bool,
+        timeout_ms: u64,
+    ) -> u64 {
+        let mut state = self.state.lock();
+        if no_ack {
+            state.book.next_tag()
+        } else {
+            state.book.record(
+                queue.clone(),
+                delivery.id,
+                consumer,
+                timeout_ms,
+                Instant::now(),
+            )
+        }
+    }
+}
+
 /// A publish whose content is arriving.
 #[derive(Debug)]
 struct Content {
@@ -247,6 +273,13 @@ impl Channel {
     /// The timeout (ms) of an overdue delivery acknowledgement, if any.
     pub fn overdue(&self, now: Instant) -> Option<u64> {
         self.shared.state.lock().book.overdue(now)
+    }
+
+    /// `queue.bind`/`queue.unbind`'s permissions, as RabbitMQ checks them: write on the
+    /// queue, read on the exchange.
+    fn check_queue_binding(&mut self, ctx: &Ctx, queue: &str, exchange: &str) -> AmqpResult<()> {
+        self.check(ctx, Access::Write, ResourceKind::Queue, queue)?;
+        self.check(ctx, Access::Read, ResourceKind::Exchange, exchange)
     }
 
     /// Checks a permission, remembering recent successes.
@@ -442,18 +475,24 @@ impl Channel {
         }
     }
 
+    /// The publish whose content frames are arriving; a content frame without one is a
+    /// connection error, as in RabbitMQ.
+    fn content_in_progress(&mut self) -> AmqpResult<&mut Content> {
+        self.content.as_mut().ok_or_else(|| {
+            AmqpError::connection(
+                UNEXPECTED_FRAME,
+                "expected method frame, got non method frame instead",
+            )
+        })
+    }
+
     /// A content header frame.
     pub async fn content_header(
         &mut self,
         ctx: &Arc<Ctx>,
         header: AMQPContentHeader,
     ) -> AmqpResult<()> {
-        let Some(content) = self.content.as_mut() else {
-            return Err(AmqpError::connection(
-                UNEXPECTED_FRAME,
-                "expected method frame, got non method frame instead",
-            ));
-        };
+        let content = self.content_in_progress()?;
         if content.header.is_some() {
             return Err(AmqpError::connection(
                 UNEXPECTED_FRAME,
@@ -491,12 +530,7 @@ impl Channel {
 
     /// A content body frame.
     pub async fn content_body(&mut self, ctx: &Arc<Ctx>, body: Bytes) -> AmqpResult<()> {
-        let Some(content) = self.content.as_mut() else {
-            return Err(AmqpError::connection(
-                UNEXPECTED_FRAME,
-                "expected method frame, got non method frame instead",
-            ));
-        };
+        let content = self.content_in_progress()?;
         if content.header.is_none() {
             return Err(AmqpError::connection(
                 UNEXPECTED_FRAME,
@@ -660,23 +694,19 @@ impl Channel {
                 )
                 .await;
         };
-        let tag = {
-            let mut state = self.shared.state.lock();
-            if g.no_ack {
-                state.book.next_tag()
-            } else {
-                let timeout = consumer_timeout(ctx, &queue);
-                state
-                    .book
-                    .record(queue.clone(), delivery.id, None, timeout, Instant::now())
-            }
-        };
+        let tag = self.shared.delivery_tag(
+            &queue,
+            &delivery,
+            None,
+            g.no_ack,
+            consumer_timeout(ctx, &queue),
+        );
         let method = AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
             delivery_tag: tag,
             redelivered: delivery.redelivered,
             exchange: short(&delivery.message.exchange),
             routing_key: short(&delivery.message.routing_key),
-            message_count: u32::try_from(delivery.remaining).unwrap_or(u32::MAX),
+            message_count: message_count(delivery.remaining),
         }));
         ctx.send_content(self.id, method, &delivery.message).await
     }
@@ -688,11 +718,7 @@ impl Channel {
         let name = self.queue_name(c.queue.as_str())?;
         self.check(ctx, Access::Read, ResourceKind::Queue, &name)?;
         let queue = ctx.vhost.queue(&name, ctx.conn)?;
-        let tag: Arc<str> = if c.consumer_tag.as_str().is_empty() {
-            Arc::from(format!("amq.ctag-{}", uuid::Uuid::new_v4().simple()))
-        } else {
-            Arc::from(c.consumer_tag.as_str())
-        };
+        let tag = consumer_tag(c.consumer_tag.as_str());
         if self.shared.state.lock().consumers.contains_key(&tag) {
             return Err(AmqpError::connection(
                 NOT_ALLOWED,
@@ -702,7 +728,8 @@ impl Channel {
         let arguments = table_from_wire(&c.arguments);
         let priority = match arguments.get("x-priority") {
             None => 0,
-            Some(v) => as_integer(v)
+            Some(v) => v
+                .as_integer()
                 .and_then(|p| i32::try_from(p).ok())
                 .ok_or_else(|| {
                     AmqpError::channel(
@@ -745,15 +772,7 @@ impl Channel {
             );
         }
         // consume-ok goes out before the first delivery: both go through the one queue.
-        if !c.nowait {
-            ctx.send_method(
-                self.id,
-                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
-                    consumer_tag: short(&tag),
-                })),
-            )
-            .await?;
-        }
+        self.consume_ok(ctx, &tag, c.nowait).await?;
         let timeout = consumer_timeout(ctx, &queue);
         let task = tokio::spawn(consumer_task(ConsumerTask {
             ctx: ctx.clone(),
@@ -786,21 +805,9 @@ impl Channel {
                 "reply consumer already set",
             ));
         }
-        let tag: Arc<str> = if c.consumer_tag.as_str().is_empty() {
-            Arc::from(format!("amq.ctag-{}", uuid::Uuid::new_v4().simple()))
-        } else {
-            Arc::from(c.consumer_tag.as_str())
-        };
+        let tag = consumer_tag(c.consumer_tag.as_str());
         let token = uuid::Uuid::new_v4().simple().to_string();
-        if !c.nowait {
-            ctx.send_method(
-                self.id,
-                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
-                    consumer_tag: short(&tag),
-                })),
-            )
-            .await?;
-        }
+        self.consume_ok(ctx, &tag, c.nowait).await?;
         ctx.replies.consumers.lock().insert(
             token.clone(),
             ReplyConsumer {
@@ -812,6 +819,20 @@ impl Channel {
         );
         self.reply = Some((token, tag));
         Ok(())
+    }
+
+    /// Sends `basic.consume-ok` unless the client asked for `nowait`.
+    async fn consume_ok(&self, ctx: &Ctx, tag: &str, nowait: bool) -> AmqpResult<()> {
+        if nowait {
+            return Ok(());
+        }
+        ctx.send_method(
+            self.id,
+            AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                consumer_tag: short(tag),
+            })),
+        )
+        .await
     }
 
     /// Forgets this channel's direct reply-to consumer.
@@ -893,13 +914,7 @@ impl Channel {
                 };
                 self.exchange_binding(ctx, BindingChange::Remove, b).await
             }
-            other => Err(AmqpError::connection(
-                COMMAND_INVALID,
-                format!(
-                    "unexpected method exchange.{} from a client",
-                    AMQPClass::Exchange(other).get_amqp_method_id()
-                ),
-            )),
+            other => Err(unexpected_method("exchange", AMQPClass::Exchange(other))),
         }
     }
 
@@ -974,7 +989,7 @@ impl Channel {
                     id,
                     AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
                         queue: short(&declared.name),
-                        message_count: u32::try_from(declared.message_count).unwrap_or(u32::MAX),
+                        message_count: message_count(declared.message_count),
                         consumer_count: declared.consumer_count,
                     })),
                 )
@@ -987,13 +1002,7 @@ impl Channel {
                 } else {
                     b.routing_key.as_str().to_owned()
                 };
-                self.check(ctx, Access::Write, ResourceKind::Queue, &name)?;
-                self.check(
-                    ctx,
-                    Access::Read,
-                    ResourceKind::Exchange,
-                    b.exchange.as_str(),
-                )?;
+                self.check_queue_binding(ctx, &name, b.exchange.as_str())?;
                 ctx.vhost.bind_queue(
                     &name,
                     b.exchange.as_str(),
@@ -1012,13 +1021,7 @@ impl Channel {
             }
             queue::AMQPMethod::Unbind(u) => {
                 let name = self.queue_name(u.queue.as_str())?;
-                self.check(ctx, Access::Write, ResourceKind::Queue, &name)?;
-                self.check(
-                    ctx,
-                    Access::Read,
-                    ResourceKind::Exchange,
-                    u.exchange.as_str(),
-                )?;
+                self.check_queue_binding(ctx, &name, u.exchange.as_str())?;
                 ctx.vhost.unbind_queue(
                     &name,
                     u.exchange.as_str(),
@@ -1042,7 +1045,7 @@ impl Channel {
                 ctx.send_method(
                     id,
                     AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {
-                        message_count: u32::try_from(count).unwrap_or(u32::MAX),
+                        message_count: message_count(count),
                     })),
                 )
                 .await
@@ -1059,18 +1062,12 @@ impl Channel {
                 ctx.send_method(
                     id,
                     AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
-                        message_count: u32::try_from(count).unwrap_or(u32::MAX),
+                        message_count: message_count(count),
                     })),
                 )
                 .await
             }
-            other => Err(AmqpError::connection(
-                COMMAND_INVALID,
-                format!(
-                    "unexpected method queue.{} from a client",
-                    AMQPClass::Queue(other).get_amqp_method_id()
-                ),
-            )),
+            other => Err(unexpected_method("queue", AMQPClass::Queue(other))),
         }
     }
 
@@ -1132,13 +1129,7 @@ impl Channel {
                 )
                 .await
             }
-            other => Err(AmqpError::connection(
-                COMMAND_INVALID,
-                format!(
-                    "unexpected method tx.{} from a client",
-                    AMQPClass::Tx(other).get_amqp_method_id()
-                ),
-            )),
+            other => Err(unexpected_method("tx", AMQPClass::Tx(other))),
         }
     }
 
@@ -1214,6 +1205,47 @@ enum BindingChange {
     Remove,
 }
 
+/// The tag a `basic.consume` asked for, or a new one as RabbitMQ names them.
+fn consumer_tag(requested: &str) -> Arc<str> {
+    if requested.is_empty() {
+        Arc::from(format!("amq.ctag-{}", uuid::Uuid::new_v4().simple()))
+    } else {
+        Arc::from(requested)
+    }
+}
+
+/// The connection error for a server-only method a client sent.
+fn unexpected_method(class: &str, method: AMQPClass) -> AmqpError {
+    AmqpError::connection(
+        COMMAND_INVALID,
+        format!(
+            "unexpected method {class}.{} from a client",
+            method.get_amqp_method_id()
+        ),
+    )
+}
+
+/// A message count in a reply's 32-bit field, saturating.
+fn message_count(count: u64) -> u32 {
+    u32::try_from(count).unwrap_or(u32::MAX)
+}
+
+/// `basic.deliver` of `message` to a consumer.
+fn deliver_method(
+    consumer_tag: &str,
+    delivery_tag: u64,
+    redelivered: bool,
+    message: &Message,
+) -> AMQPClass {
+    AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+        consumer_tag: short(consumer_tag),
+        delivery_tag,
+        redelivered,
+        exchange: short(&message.exchange),
+        routing_key: short(&message.routing_key),
+    }))
+}
+
 /// Whether a message is addressed to a direct reply-to consumer.
 fn is_reply_key(message: &Message) -> bool {
     message.exchange.is_empty() && message.routing_key.starts_with(REPLY_TO_PREFIX)
@@ -1231,13 +1263,7 @@ fn direct_reply(ctx: &Ctx, message: &Message) -> Option<ReplyConsumer> {
 /// Delivers a reply straight to its consumer's channel; `false` if it is gone.
 async fn deliver_reply(consumer: ReplyConsumer, message: Message) -> bool {
     let tag = consumer.shared.state.lock().book.next_tag();
-    let method = AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
-        consumer_tag: short(&consumer.tag),
-        delivery_tag: tag,
-        redelivered: false,
-        exchange: short(&message.exchange),
-        routing_key: short(&message.routing_key),
-    }));
+    let method = deliver_method(&consumer.tag, tag, false, &message);
     let Ok(head) = content_head(
         consumer.channel,
         method,
@@ -1378,27 +1404,14 @@ async fn consumer_task(t: ConsumerTask) {
             }
             Err(ConsumerEnd::Shutdown) => return,
         };
-        let tag = {
-            let mut state = t.shared.state.lock();
-            if t.no_ack {
-                state.book.next_tag()
-            } else {
-                state.book.record(
-                    t.queue.clone(),
-                    delivery.id,
-                    Some(t.tag.clone()),
-                    t.timeout_ms,
-                    Instant::now(),
-                )
-            }
-        };
-        let method = AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
-            consumer_tag: short(&t.tag),
-            delivery_tag: tag,
-            redelivered: delivery.redelivered,
-            exchange: short(&delivery.message.exchange),
-            routing_key: short(&delivery.message.routing_key),
-        }));
+        let tag = t.shared.delivery_tag(
+            &t.queue,
+            &delivery,
+            Some(t.tag.clone()),
+            t.no_ack,
+            t.timeout_ms,
+        );
+        let method = deliver_method(&t.tag, tag, delivery.redelivered, &delivery.message);
         if t.ctx
             .send_content(t.channel, method, &delivery.message)
             .await

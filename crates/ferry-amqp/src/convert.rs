@@ -13,7 +13,7 @@ use amq_protocol::types::{
 };
 use bytes::Bytes;
 use ferry_core::message::{FieldTable, FieldValue, Properties};
-use ferry_core::queue::StreamStart;
+use ferry_core::queue::{time_unit_ms, StreamStart};
 
 /// Longest AMQP short string.
 const SHORT_STRING_MAX: usize = 255;
@@ -173,20 +173,6 @@ pub fn properties_to_wire(p: &Properties) -> AMQPProperties {
     w
 }
 
-/// An integer field value of any width.
-pub fn as_integer(value: &FieldValue) -> Option<i64> {
-    Some(match value {
-        FieldValue::I8(v) => i64::from(*v),
-        FieldValue::U8(v) => i64::from(*v),
-        FieldValue::I16(v) => i64::from(*v),
-        FieldValue::U16(v) => i64::from(*v),
-        FieldValue::I32(v) => i64::from(*v),
-        FieldValue::U32(v) => i64::from(*v),
-        FieldValue::I64(v) => *v,
-        _ => return None,
-    })
-}
-
 /// `x-stream-offset` of `basic.consume`, RabbitMQ's forms: `first`, `last`, `next`, an
 /// offset (any integer type), a timestamp (`T`, seconds), or an interval string
 /// (`<n>Y|M|D|h|m|s`, that long before `now_ms`). `Err` carries the text of the
@@ -195,7 +181,7 @@ pub fn stream_start(value: Option<&FieldValue>, now_ms: i64) -> Result<StreamSta
     let Some(value) = value else {
         return Ok(StreamStart::Next);
     };
-    if let Some(offset) = as_integer(value) {
+    if let Some(offset) = value.as_integer() {
         return Ok(StreamStart::Offset(offset.max(0)));
     }
     let text = match value {
@@ -220,15 +206,7 @@ pub fn stream_start(value: Option<&FieldValue>, now_ms: i64) -> Result<StreamSta
     let unit_at = text.len().checked_sub(1).ok_or_else(invalid)?;
     let (digits, unit) = text.split_at(unit_at);
     let n: i64 = digits.parse().map_err(|_| invalid())?;
-    let unit_ms: i64 = match unit {
-        "Y" => 365 * 24 * 3_600_000,
-        "M" => 30 * 24 * 3_600_000,
-        "D" => 24 * 3_600_000,
-        "h" => 3_600_000,
-        "m" => 60_000,
-        "s" => 1000,
-        _ => return Err(invalid()),
-    };
+    let unit_ms = time_unit_ms(unit).ok_or_else(invalid)?;
     if n < 0 {
         return Err(invalid());
     }

@@ -536,9 +536,7 @@ impl Broker {
 
     /// Bytes stored by a partition's log (all its segments).
     pub fn partition_size_bytes(&self, topic: &str, partition: u32) -> Result<u64> {
-        let (_, partition) = self
-            .find_partition(topic, partition)
-            .ok_or(CoreError::UnknownTopicOrPartition)?;
+        let partition = self.live_partition(topic, partition)?;
         Ok(partition.log.size_bytes())
     }
 
@@ -943,9 +941,7 @@ impl Broker {
         partition: u32,
         spec: OffsetSpec,
     ) -> Result<(i64, i64)> {
-        let (_, partition) = self
-            .find_partition(topic, partition)
-            .ok_or(CoreError::UnknownTopicOrPartition)?;
+        let partition = self.live_partition(topic, partition)?;
         let log = &partition.log;
         let context = || format!("{topic}-{}", partition.index);
         match spec {
@@ -973,9 +969,7 @@ impl Broker {
     /// watermark. An offset above the high watermark is `OffsetOutOfRange`.
     pub fn delete_records(&self, topic: &str, partition: u32, offset: i64) -> Result<i64> {
         self.check_running()?;
-        let (_, partition) = self
-            .find_partition(topic, partition)
-            .ok_or(CoreError::UnknownTopicOrPartition)?;
+        let partition = self.live_partition(topic, partition)?;
         let log = &partition.log;
         let high_watermark = log.high_watermark();
         let target = if offset == -1 { high_watermark } else { offset };
@@ -999,9 +993,7 @@ impl Broker {
 
     /// (log start, high watermark, log end, leader epoch) of a partition.
     pub fn partition_offsets(&self, topic: &str, partition: u32) -> Result<PartitionOffsets> {
-        let (_, partition) = self
-            .find_partition(topic, partition)
-            .ok_or(CoreError::UnknownTopicOrPartition)?;
+        let partition = self.live_partition(topic, partition)?;
         let log = &partition.log;
         Ok(PartitionOffsets {
             log_start_offset: log.log_start_offset(),
@@ -1020,9 +1012,7 @@ impl Broker {
         partition: u32,
         epoch: i32,
     ) -> Result<(i32, i64)> {
-        let (_, partition) = self
-            .find_partition(topic, partition)
-            .ok_or(CoreError::UnknownTopicOrPartition)?;
+        let partition = self.live_partition(topic, partition)?;
         let log = &partition.log;
         let mut epochs = log.leader_epochs();
         // The current leader epoch starts at the log end if nothing was written in it yet
@@ -1106,6 +1096,13 @@ impl Broker {
         let topic = self.topics.read().get(topic).cloned()?;
         let partition = topic.partitions.get(partition as usize).cloned()?;
         Some((topic, partition))
+    }
+
+    /// Partition `partition` of `topic`, or `UnknownTopicOrPartition`.
+    fn live_partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>> {
+        self.find_partition(topic, partition)
+            .map(|(_, partition)| partition)
+            .ok_or(CoreError::UnknownTopicOrPartition)
     }
 
     /// The topic `name`, or `UnknownTopicOrPartition`.

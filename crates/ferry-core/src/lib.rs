@@ -25,6 +25,8 @@ mod partition;
 mod producer;
 pub mod queue;
 pub mod routing;
+#[cfg(test)]
+mod test_support;
 mod topic;
 
 pub use broker::{

@@ -74,6 +74,23 @@ pub enum FieldValue {
     Void,
 }
 
+impl FieldValue {
+    /// The integer of an integer-typed value of any width (RabbitMQ's
+    /// `?INTEGER_ARG_TYPES`); `None` for every other type.
+    pub fn as_integer(&self) -> Option<i64> {
+        Some(match self {
+            FieldValue::I8(v) => (*v).into(),
+            FieldValue::U8(v) => (*v).into(),
+            FieldValue::I16(v) => (*v).into(),
+            FieldValue::U16(v) => (*v).into(),
+            FieldValue::I32(v) => (*v).into(),
+            FieldValue::U32(v) => (*v).into(),
+            FieldValue::I64(v) => *v,
+            _ => return None,
+        })
+    }
+}
+
 /// An AMQP field table: names in insertion order.
 pub type FieldTable = IndexMap<String, FieldValue>;
 

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tracing::warn;
 
+use crate::json::{ExchangeJson, LimitsJson, PermissionJson, QueueJson, UserJson, VhostJson};
 use crate::AppState;
 
 /// Realm named in `WWW-Authenticate`.
@@ -196,13 +197,6 @@ pub(crate) async fn whoami(Admin(user): Admin) -> Json<UserJson> {
 
 // ---- limits ----
 
-/// The alarm thresholds.
-#[derive(Debug, Serialize)]
-pub(crate) struct LimitsJson {
-    memory_high_watermark_bytes: u64,
-    disk_free_limit_bytes: u64,
-}
-
 /// Body of `PUT /api/limits`: a number sets a threshold, `null` restores the configured
 /// one, an absent key keeps it.
 #[derive(Debug, Deserialize)]
@@ -262,13 +256,6 @@ pub(crate) async fn put_limits(
 }
 
 // ---- users ----
-
-/// A user as listed (never with its password hash).
-#[derive(Debug, Serialize)]
-pub(crate) struct UserJson {
-    name: String,
-    tags: Vec<String>,
-}
 
 impl From<AuthedUser> for UserJson {
     fn from(user: AuthedUser) -> Self {
@@ -381,12 +368,6 @@ pub(crate) async fn delete_user(
 
 // ---- vhosts ----
 
-/// A vhost as listed.
-#[derive(Debug, Serialize)]
-pub(crate) struct VhostJson {
-    name: String,
-}
-
 /// `GET /api/vhosts`.
 pub(crate) async fn list_vhosts(
     _admin: Admin,
@@ -447,16 +428,6 @@ fn no_vhost(name: &str) -> ApiError {
 }
 
 // ---- permissions ----
-
-/// A permission as listed.
-#[derive(Debug, Serialize)]
-pub(crate) struct PermissionJson {
-    user: String,
-    vhost: String,
-    configure: String,
-    write: String,
-    read: String,
-}
 
 impl From<PermissionSpec> for PermissionJson {
     fn from(p: PermissionSpec) -> Self {
@@ -560,30 +531,6 @@ pub(crate) async fn delete_permission(
 
 // ---- queues, exchanges, bindings ----
 
-/// A queue as listed.
-#[derive(Debug, Serialize)]
-pub(crate) struct QueueJson {
-    name: String,
-    vhost: String,
-    durable: bool,
-    exclusive: bool,
-    auto_delete: bool,
-    messages: u64,
-    consumers: u32,
-}
-
-/// An exchange as listed (`type` as RabbitMQ names it).
-#[derive(Debug, Serialize)]
-pub(crate) struct ExchangeJson {
-    name: String,
-    vhost: String,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    durable: bool,
-    auto_delete: bool,
-    internal: bool,
-}
-
 /// A binding as listed.
 #[derive(Debug, Serialize)]
 pub(crate) struct BindingJson {
@@ -635,7 +582,7 @@ fn exchanges_of(broker: &Broker, only: Option<&str>) -> ApiResult<Json<Vec<Excha
         all.extend(vhost.exchanges().into_iter().map(|x| ExchangeJson {
             name: x.name,
             vhost: vhost.name().to_owned(),
-            kind: x.kind.as_str(),
+            kind: x.kind.as_str().to_owned(),
             durable: x.durable,
             auto_delete: x.auto_delete,
             internal: x.internal,

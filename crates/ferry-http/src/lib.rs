@@ -15,6 +15,7 @@
 
 mod api;
 pub mod client;
+pub mod json;
 mod metrics;
 
 use std::future::Future;

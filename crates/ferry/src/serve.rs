@@ -3,6 +3,7 @@
 //! (AMQP connections are closed with 320 CONNECTION_FORCED), flush and exit 0.
 
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -164,6 +165,19 @@ async fn first_to_finish(
     .await
 }
 
+/// Binds a listener to `listen`; the listener and the address it got. `refused` says
+/// what failed when the address cannot be bound.
+async fn bind(
+    listen: &str,
+    refused: impl FnOnce() -> String,
+) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(listen).await.with_context(refused)?;
+    let bound = listener
+        .local_addr()
+        .with_context(|| format!("cannot read the address bound for {listen}"))?;
+    Ok((listener, bound))
+}
+
 /// Binds and starts the Kafka listener if it is enabled, and logs where it listens.
 async fn start_kafka(
     settings: &Settings,
@@ -175,12 +189,7 @@ async fn start_kafka(
         return Ok(None);
     }
     let listen = &settings.kafka.listen;
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    let bound = listener
-        .local_addr()
-        .with_context(|| format!("cannot read the address bound for {listen}"))?;
+    let (listener, bound) = bind(listen, || format!("cannot listen on {listen}")).await?;
     let (host, port) = settings.advertised(bound);
     info!(
         "Kafka listener on {bound} (advertised as {host}:{port}), data in {}",
@@ -216,12 +225,10 @@ async fn start_amqp(settings: &Settings, broker: &Arc<Broker>) -> anyhow::Result
         info!("AMQP listener disabled");
         return Ok(None);
     }
-    let listener = TcpListener::bind(&amqp.listen)
-        .await
-        .with_context(|| format!("cannot listen for AMQP on {}", amqp.listen))?;
-    let bound = listener
-        .local_addr()
-        .with_context(|| format!("cannot read the address bound for {}", amqp.listen))?;
+    let (listener, bound) = bind(&amqp.listen, || {
+        format!("cannot listen for AMQP on {}", amqp.listen)
+    })
+    .await?;
     info!("AMQP listener on {bound}");
     let config = AmqpConfig {
         frame_max: amqp.frame_max,
@@ -285,12 +292,7 @@ async fn start_http(
         return Ok(None);
     }
     let listen = &settings.http.listen;
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen} (HTTP; change it with --http-listen or turn it off with --no-http)"))?;
-    let bound = listener
-        .local_addr()
-        .with_context(|| format!("cannot read the address bound for {listen}"))?;
+    let (listener, bound) = bind(listen, || format!("cannot listen on {listen} (HTTP; change it with --http-listen or turn it off with --no-http)")).await?;
     info!("HTTP listener on {bound} (admin API, /metrics)");
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(ferry_http::serve(listener, broker.clone(), async move {

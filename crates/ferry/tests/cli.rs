@@ -340,57 +340,41 @@ fn group_consume_describe_and_reset() {
     broker
         .run(&["produce", "jobs"], "a\nb\nc\n")
         .expect_ok("produce more");
-    let text = broker.run(&["group", "describe", "workers"], "").stdout;
-    let lag: i64 = table_rows(&text, "TOPIC")
-        .iter()
-        .map(|r| r[4].parse::<i64>().expect("lag"))
-        .sum();
-    assert_eq!(lag, 3, "{text}");
+    // `ferry group describe workers`, the group's total lag, `ferry group reset-offsets`
+    // of its topic.
+    let describe = || broker.run(&["group", "describe", "workers"], "").stdout;
+    let lag = |text: &str| -> i64 {
+        table_rows(text, "TOPIC")
+            .iter()
+            .map(|r| r[4].parse::<i64>().expect("lag"))
+            .sum()
+    };
+    let reset = |how: &[&str]| {
+        let mut args = vec!["group", "reset-offsets", "workers", "--topic", "jobs"];
+        args.extend_from_slice(how);
+        broker.run(&args, "")
+    };
+    let text = describe();
+    assert_eq!(lag(&text), 3, "{text}");
 
     // A dry run changes nothing.
-    let dry = broker.run(
-        &[
-            "group",
-            "reset-offsets",
-            "workers",
-            "--topic",
-            "jobs",
-            "--to-earliest",
-        ],
-        "",
-    );
+    let dry = reset(&["--to-earliest"]);
     let text = dry.expect_ok("dry run");
     assert!(text.contains("Dry run"), "{text}");
     assert!(
         table_rows(text, "TOPIC").iter().all(|r| r[3] == "0"),
         "{text}"
     );
-    let after_dry = broker.run(&["group", "describe", "workers"], "").stdout;
-    let lag: i64 = table_rows(&after_dry, "TOPIC")
-        .iter()
-        .map(|r| r[4].parse::<i64>().expect("lag"))
-        .sum();
-    assert_eq!(lag, 3, "{after_dry}");
+    let after_dry = describe();
+    assert_eq!(lag(&after_dry), 3, "{after_dry}");
 
-    broker
-        .run(
-            &[
-                "group",
-                "reset-offsets",
-                "workers",
-                "--topic",
-                "jobs",
-                "--to-earliest",
-                "--execute",
-            ],
-            "",
-        )
-        .expect_ok("reset");
-    let text = broker.run(&["group", "describe", "workers"], "").stdout;
-    let rows = table_rows(&text, "TOPIC");
-    assert!(rows.iter().all(|r| r[2] == "0"), "{text}");
-    let lag: i64 = rows.iter().map(|r| r[4].parse::<i64>().expect("lag")).sum();
-    assert_eq!(lag, 9, "{text}");
+    reset(&["--to-earliest", "--execute"]).expect_ok("reset");
+    let text = describe();
+    assert!(
+        table_rows(&text, "TOPIC").iter().all(|r| r[2] == "0"),
+        "{text}"
+    );
+    assert_eq!(lag(&text), 9, "{text}");
 
     // The group reads everything again from the reset offsets.
     let again = broker.run(
@@ -409,58 +393,17 @@ fn group_consume_describe_and_reset() {
     assert_eq!(again.expect_ok("consume after reset").lines().count(), 9);
 
     // To an offset, clamped into the log.
-    broker
-        .run(
-            &[
-                "group",
-                "reset-offsets",
-                "workers",
-                "--topic",
-                "jobs",
-                "--to-offset",
-                "1000",
-                "--execute",
-            ],
-            "",
-        )
-        .expect_ok("reset to offset");
-    let text = broker.run(&["group", "describe", "workers"], "").stdout;
+    reset(&["--to-offset", "1000", "--execute"]).expect_ok("reset to offset");
+    let text = describe();
     assert!(
         table_rows(&text, "TOPIC").iter().all(|r| r[4] == "0"),
         "{text}"
     );
 
     // To a time after every message: the end of the log.
-    broker
-        .run(
-            &[
-                "group",
-                "reset-offsets",
-                "workers",
-                "--topic",
-                "jobs",
-                "--to-earliest",
-                "--execute",
-            ],
-            "",
-        )
-        .expect_ok("reset to earliest again");
-    broker
-        .run(
-            &[
-                "group",
-                "reset-offsets",
-                "workers",
-                "--topic",
-                "jobs",
-                "--to-time",
-                "3000-01-01T00:00:00Z",
-                "--execute",
-            ],
-            "",
-        )
-        .expect_ok("reset to time");
-    let text = broker.run(&["group", "describe", "workers"], "").stdout;
+    reset(&["--to-earliest", "--execute"]).expect_ok("reset to earliest again");
+    reset(&["--to-time", "3000-01-01T00:00:00Z", "--execute"]).expect_ok("reset to time");
+    let text = describe();
     assert!(
         table_rows(&text, "TOPIC").iter().all(|r| r[4] == "0"),
         "{text}"

@@ -975,14 +975,43 @@ impl GroupTable {
     /// JoinGroup. The answer goes to `reply`, now or when the rebalance completes.
     pub fn join(&mut self, request: JoinRequest, now: Now, reply: JoinReply) {
         let group_id = request.group_id.clone();
+        self.answer_or_hold(&group_id, now, reply, |state, slot| {
+            state.join_inner(request, now, slot)
+        });
+    }
+
+    /// Runs an operation whose answer may have to wait (JoinGroup for the rebalance,
+    /// SyncGroup for the leader's assignment): `op` takes the reply out of its slot to
+    /// answer later; if it leaves it, its outcome is the answer now.
+    fn answer_or_hold<T>(
+        &mut self,
+        group_id: &str,
+        now: Now,
+        reply: oneshot::Sender<Result<T>>,
+        op: impl FnOnce(&mut Self, &mut Option<oneshot::Sender<Result<T>>>) -> Result<Option<T>>,
+    ) {
         let mut slot = Some(reply);
-        let outcome = self.join_inner(request, now, &mut slot);
+        let outcome = op(self, &mut slot);
         if let Some(reply) = slot.take() {
             let answer =
                 outcome.and_then(|response| response.ok_or(CoreError::CoordinatorNotAvailable));
             let _ = reply.send(answer);
         }
-        self.after_op(&group_id, now);
+        self.after_op(group_id, now);
+    }
+
+    /// Creates the empty group `group_id` in `groups`, unless it holds [`GROUPS_MAX`]
+    /// groups already. (Takes the map, not `self`: callers hold the settings borrowed.)
+    fn create_group(groups: &mut BTreeMap<String, Group>, group_id: &str, now: Now) -> Result<()> {
+        if groups.len() >= GROUPS_MAX {
+            tracing::warn!(
+                groups = GROUPS_MAX,
+                "group limit reached; refusing a new group"
+            );
+            return Err(CoreError::CoordinatorNotAvailable);
+        }
+        groups.insert(group_id.to_string(), Group::new(group_id.to_string(), now));
+        Ok(())
     }
 
     fn join_inner(
@@ -1009,17 +1038,7 @@ impl GroupTable {
             if !is_new {
                 return Err(CoreError::UnknownMemberId);
             }
-            if self.groups.len() >= GROUPS_MAX {
-                tracing::warn!(
-                    groups = GROUPS_MAX,
-                    "group limit reached; refusing a new group"
-                );
-                return Err(CoreError::CoordinatorNotAvailable);
-            }
-            self.groups.insert(
-                request.group_id.clone(),
-                Group::new(request.group_id.clone(), now),
-            );
+            Self::create_group(&mut self.groups, &request.group_id, now)?;
         }
         let Some(group) = self.groups.get_mut(&request.group_id) else {
             return Err(CoreError::CoordinatorNotAvailable);
@@ -1041,14 +1060,9 @@ impl GroupTable {
     /// SyncGroup. The answer goes to `reply`, now or when the leader's assignment arrives.
     pub fn sync(&mut self, request: SyncRequest, now: Now, reply: SyncReply) {
         let group_id = request.group_id.clone();
-        let mut slot = Some(reply);
-        let outcome = self.sync_inner(request, now, &mut slot);
-        if let Some(reply) = slot.take() {
-            let answer =
-                outcome.and_then(|response| response.ok_or(CoreError::CoordinatorNotAvailable));
-            let _ = reply.send(answer);
-        }
-        self.after_op(&group_id, now);
+        self.answer_or_hold(&group_id, now, reply, |state, slot| {
+            state.sync_inner(request, now, slot)
+        });
     }
 
     fn sync_inner(
@@ -1227,15 +1241,7 @@ impl GroupTable {
                 // A member of a generation the coordinator never saw.
                 return Err(CoreError::IllegalGeneration);
             }
-            if self.groups.len() >= GROUPS_MAX {
-                tracing::warn!(
-                    groups = GROUPS_MAX,
-                    "group limit reached; refusing a new group"
-                );
-                return Err(CoreError::CoordinatorNotAvailable);
-            }
-            self.groups
-                .insert(group_id.to_string(), Group::new(group_id.to_string(), now));
+            Self::create_group(&mut self.groups, group_id, now)?;
         }
         let Some(group) = self.groups.get_mut(group_id) else {
             return Err(CoreError::CoordinatorNotAvailable);

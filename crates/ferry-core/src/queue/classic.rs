@@ -9,6 +9,7 @@
 //! under it, so offsets, counts and the read-ahead stay consistent.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -284,6 +285,29 @@ pub(crate) struct Classic {
     /// Woken when the queue falls back under [`FLOW_READY_LIMIT`] (or loses its consumers,
     /// or is deleted): publishers held by back-pressure look again.
     flow: Notify,
+    /// Publishers in [`Classic::flow_wait`]: `flow` is notified only when there are any,
+    /// as `Notify::notify_waiters` takes a lock even with no one waiting and the delivery
+    /// path would otherwise pay for it on every message.
+    flow_waiters: AtomicUsize,
+}
+
+/// Counts a publisher in [`Classic::flow_wait`] for as long as it lives, so the count also
+/// drops when the waiting future is cancelled.
+struct FlowWaiter<'a>(&'a AtomicUsize);
+
+impl<'a> FlowWaiter<'a> {
+    fn register(count: &'a AtomicUsize) -> FlowWaiter<'a> {
+        // Relaxed suffices: the waiter counts itself before it takes the state lock to
+        // check, and notifiers read the count under that lock (see `wake_publishers`).
+        count.fetch_add(1, Ordering::Relaxed);
+        FlowWaiter(count)
+    }
+}
+
+impl Drop for FlowWaiter<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The expiry time of a held message: enqueue time plus the smaller of the queue's and the
@@ -442,9 +466,10 @@ impl Classic {
             delivery_limit: settings
                 .arguments
                 .get("x-delivery-limit")
-                .and_then(super::settings::int_of)
+                .and_then(FieldValue::as_integer)
                 .and_then(|v| u64::try_from(v).ok()),
             flow: Notify::new(),
+            flow_waiters: AtomicUsize::new(0),
         };
         {
             let mut st = classic.state.lock();
@@ -591,7 +616,7 @@ impl Classic {
         }
         st.pace.count(now);
         if st.ready_count <= FLOW_READY_LIMIT {
-            self.flow.notify_waiters();
+            self.wake_publishers(st);
         }
         delivery
     }
@@ -608,11 +633,30 @@ impl Classic {
                 <= st.pace.rate(now).saturating_mul(FLOW_DRAIN_MS)
     }
 
+    /// Wakes the publishers held by back-pressure, if any, to look again. Takes the state
+    /// as proof that the caller holds the lock: a waiter counts itself before it takes the
+    /// lock to check, so a count read here, after the change under the same lock, sees
+    /// every waiter that checked before the change (those after it see the change).
+    fn wake_publishers(&self, _locked: &State) {
+        if self.flow_waiters.load(Ordering::Relaxed) > 0 {
+            self.flow.notify_waiters();
+        }
+    }
+
+    /// Publishers currently held in [`Classic::flow_wait`].
+    #[cfg(test)]
+    pub(crate) fn flow_waiters(&self) -> usize {
+        self.flow_waiters.load(Ordering::Relaxed)
+    }
+
     /// Publisher back-pressure: waits while [`Classic::flow_blocked`] holds, rechecking at
     /// least every `recheck` (the consumers' pace may stop without any event), and at most
     /// `max_hold` in all.
     pub async fn flow_wait(&self, recheck: std::time::Duration, max_hold: std::time::Duration) {
         let deadline = tokio::time::Instant::now() + max_hold;
+        // Counted, and the notification enabled, before each check: a wake between the
+        // check and the wait is never lost.
+        let _waiter = FlowWaiter::register(&self.flow_waiters);
         loop {
             let notified = self.flow.notified();
             tokio::pin!(notified);
@@ -854,7 +898,7 @@ impl Classic {
             // x-expires counts from now.
             self.wake.notify_one();
             // No consumer left to wait for.
-            self.flow.notify_waiters();
+            self.wake_publishers(&st);
         } else if let Err(e) = self.dispatch(&mut st, settings, now, dead) {
             tracing::warn!("queue dispatch after a consumer left failed: {e}");
         }
@@ -982,7 +1026,7 @@ impl Classic {
         st.ready_count = 0;
         st.ready_bytes = 0;
         self.snapshot(&mut st, now, false);
-        self.flow.notify_waiters();
+        self.wake_publishers(&st);
         Ok(purged)
     }
 
@@ -996,7 +1040,7 @@ impl Classic {
         for slot in st.consumers.drain(..) {
             slot.shared.end(end.clone());
         }
-        self.flow.notify_waiters();
+        self.wake_publishers(&st);
         st.ready_count
     }
 
@@ -1050,7 +1094,7 @@ impl Classic {
         st.timer_armed = armed;
         if !Self::flow_blocked(&st, now) {
             // Expiry may have brought the queue under the limit.
-            self.flow.notify_waiters();
+            self.wake_publishers(&st);
         }
         if st.ready_count == 0 && settings.message_ttl_ms.is_none() {
             st.may_expire = false;

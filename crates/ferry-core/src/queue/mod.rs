@@ -56,8 +56,8 @@ pub use classic::{
 use classic::{Classic, DeadLetters};
 pub use classic::{FLOW_DRAIN_MS, FLOW_READY_LIMIT};
 pub use settings::{
-    max_age_ms, queue_resource, type_name, Overflow, QueueSettings, QueueType, MAX_EXPIRY_MS,
-    MAX_PRIORITY,
+    max_age_ms, queue_resource, time_unit_ms, type_name, Overflow, QueueSettings, QueueType,
+    MAX_EXPIRY_MS, MAX_PRIORITY,
 };
 pub use stream::{stream_topic, STREAM_OFFSET_HEADER};
 use stream::{Stream, StreamCursor};

@@ -102,20 +102,6 @@ pub fn type_name(value: &FieldValue) -> &'static str {
     }
 }
 
-/// The integer of an integer-typed value (RabbitMQ's `?INTEGER_ARG_TYPES`).
-pub(crate) fn int_of(value: &FieldValue) -> Option<i64> {
-    Some(match value {
-        FieldValue::I8(v) => (*v).into(),
-        FieldValue::U8(v) => (*v).into(),
-        FieldValue::I16(v) => (*v).into(),
-        FieldValue::U16(v) => (*v).into(),
-        FieldValue::I32(v) => (*v).into(),
-        FieldValue::U32(v) => (*v).into(),
-        FieldValue::I64(v) => *v,
-        _ => return None,
-    })
-}
-
 /// The text of a string-typed value.
 fn str_of(value: &FieldValue) -> Option<String> {
     match value {
@@ -134,7 +120,9 @@ fn unacceptable(value: &FieldValue) -> ArgError {
 
 fn int_arg(value: &FieldValue) -> Result<i64, ArgError> {
     // RabbitMQ 3.10 formats this one as a string (`~p` of "expected integer, got T").
-    int_of(value).ok_or_else(|| format!("\"expected integer, got {}\"", type_name(value)))
+    value
+        .as_integer()
+        .ok_or_else(|| format!("\"expected integer, got {}\"", type_name(value)))
 }
 
 fn non_neg_int(value: &FieldValue) -> Result<u64, ArgError> {
@@ -169,7 +157,13 @@ pub fn max_age_ms(text: &str) -> Option<i64> {
     let unit_at = text.find(|c: char| !c.is_ascii_digit())?;
     let (digits, unit) = text.split_at(unit_at);
     let n: i64 = digits.parse().ok()?;
-    let unit_ms: i64 = match unit {
+    n.checked_mul(time_unit_ms(unit)?).filter(|ms| *ms > 0)
+}
+
+/// Milliseconds in one of RabbitMQ's stream time units (`x-max-age`, `x-stream-offset`):
+/// `Y` (365 days), `M` (30 days), `D`, `h`, `m`, `s`.
+pub fn time_unit_ms(unit: &str) -> Option<i64> {
+    Some(match unit {
         "Y" => 365 * 24 * 3_600_000,
         "M" => 30 * 24 * 3_600_000,
         "D" => 24 * 3_600_000,
@@ -177,8 +171,7 @@ pub fn max_age_ms(text: &str) -> Option<i64> {
         "m" => 60_000,
         "s" => 1_000,
         _ => return None,
-    };
-    n.checked_mul(unit_ms).filter(|ms| *ms > 0)
+    })
 }
 
 /// `queue 'q' in vhost '/'`, RabbitMQ's `rabbit_misc:rs/1` of a queue.
@@ -311,7 +304,7 @@ impl QueueSettings {
         // Not validated by RabbitMQ 3.10 at declare; a usable value is honoured.
         settings.consumer_timeout_ms = arguments
             .get("x-consumer-timeout")
-            .and_then(int_of)
+            .and_then(FieldValue::as_integer)
             .and_then(|v| u64::try_from(v).ok());
         if settings.queue_type != QueueType::Classic {
             check_replicated_type(&settings, &arguments, &rs)?;
@@ -376,9 +369,8 @@ fn check_replicated_type(
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
+    use crate::test_support::{s, table};
 
     fn parse(args: &[(&str, FieldValue)]) -> MqResult<QueueSettings> {
         parse_with(true, None, false, args)
@@ -390,11 +382,7 @@ mod tests {
         auto_delete: bool,
         args: &[(&str, FieldValue)],
     ) -> MqResult<QueueSettings> {
-        let table: FieldTable = args
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect();
-        QueueSettings::parse("/", "q", durable, exclusive, auto_delete, table)
+        QueueSettings::parse("/", "q", durable, exclusive, auto_delete, table(args))
     }
 
     fn text(e: MqResult<QueueSettings>) -> String {
@@ -402,10 +390,6 @@ mod tests {
             Err(MqError::PreconditionFailed(t)) => t,
             other => panic!("expected PRECONDITION_FAILED, got {other:?}"),
         }
-    }
-
-    fn s(v: &str) -> FieldValue {
-        FieldValue::LongString(Bytes::from(v.to_string()))
     }
 
     #[test]

@@ -82,7 +82,7 @@ impl Stream {
             }
             if let Some(bytes) = args
                 .get("x-stream-max-segment-size-bytes")
-                .and_then(super::settings::int_of)
+                .and_then(FieldValue::as_integer)
             {
                 configs.insert("segment.bytes".to_string(), bytes.to_string());
             }

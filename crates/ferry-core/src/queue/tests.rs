@@ -10,7 +10,8 @@ use ferry_storage::{Store, StoreConfig};
 use parking_lot::Mutex;
 
 use super::*;
-use crate::message::{FieldTable, FieldValue, Properties};
+use crate::message::{FieldValue, Properties};
+use crate::test_support::{s, table};
 
 /// Upper bound of any one async step in these tests.
 const STEP: Duration = Duration::from_secs(5);
@@ -89,12 +90,8 @@ impl Fixture {
         auto_delete: bool,
         args: &[(&str, FieldValue)],
     ) -> Arc<Queue> {
-        let table: FieldTable = args
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect();
-        let settings =
-            QueueSettings::parse("/", name, durable, None, auto_delete, table).expect("settings");
+        let settings = QueueSettings::parse("/", name, durable, None, auto_delete, table(args))
+            .expect("settings");
         Queue::open(&self.env(), "/", name, settings).expect("open")
     }
 
@@ -106,10 +103,6 @@ impl Fixture {
         let store = Store::open(StoreConfig::new(_dir.path())).expect("reopen");
         Fixture { _dir, store, sink }
     }
-}
-
-fn s(v: &str) -> FieldValue {
-    FieldValue::LongString(Bytes::from(v.to_string()))
 }
 
 fn msg(body: &str) -> Message {
@@ -519,6 +512,66 @@ async fn publishers_wait_only_for_consumers_that_keep_pace() {
     within(q.flow_wait()).await;
     assert!(!put_throttled(&q, &msg("no consumer")));
     q.ack(&taken).expect("ack");
+}
+
+/// Recheck interval and hold limit far beyond [`STEP`]: a publisher waiting with them is
+/// released only by a notification.
+const NO_RECHECK: Duration = Duration::from_secs(3_600);
+
+#[test]
+fn waiting_publisher_is_released_when_the_consumer_drains_the_queue() {
+    let fx = Fixture::new();
+    // Opened outside a runtime: no maintenance task, whose rounds would also wake publishers.
+    let q = fx.queue(false, &[]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let Engine::Classic(classic) = &q.engine else {
+            panic!("not a classic queue")
+        };
+        // A consumer taking thousands of messages per second, then a backlog over the limit.
+        for i in 0..4 * FLOW_READY_LIMIT {
+            put(&q, &msg(&i.to_string()));
+        }
+        let consumer = q.add_consumer(spec("c")).expect("consumer");
+        let mut taken = Vec::new();
+        take(&q, &consumer, 3 * FLOW_READY_LIMIT as usize, &mut taken).await;
+        tokio::time::sleep(Duration::from_millis(105)).await;
+        take(&q, &consumer, 1, &mut taken).await;
+        while q.message_count() <= FLOW_READY_LIMIT + 40 {
+            put(&q, &msg("over"));
+        }
+
+        // A cancelled wait leaves no waiter counted.
+        let cancelled = tokio::time::timeout(
+            Duration::from_millis(5),
+            classic.flow_wait(NO_RECHECK, NO_RECHECK),
+        )
+        .await;
+        assert!(cancelled.is_err(), "publisher not held");
+        assert_eq!(classic.flow_waiters(), 0);
+
+        let waiter = async {
+            classic.flow_wait(NO_RECHECK, NO_RECHECK).await;
+            q.message_count()
+        };
+        let drain = async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            assert_eq!(classic.flow_waiters(), 1, "publisher not held");
+            let mut drained = Vec::new();
+            while q.message_count() > FLOW_READY_LIMIT {
+                take(&q, &consumer, 1, &mut drained).await;
+            }
+            drained
+        };
+        let (ready_at_release, drained) = within(async { tokio::join!(waiter, drain) }).await;
+        assert!(ready_at_release <= FLOW_READY_LIMIT);
+        assert_eq!(classic.flow_waiters(), 0);
+        taken.extend(drained);
+        q.ack(&taken).expect("ack");
+    });
 }
 
 #[tokio::test]

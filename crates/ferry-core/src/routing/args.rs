@@ -305,18 +305,7 @@ pub(crate) fn assert_exchange_args(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-
-    fn s(v: &str) -> FieldValue {
-        FieldValue::LongString(Bytes::copy_from_slice(v.as_bytes()))
-    }
-
-    fn table(entries: &[(&str, FieldValue)]) -> FieldTable {
-        entries
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect()
-    }
+    use crate::test_support::{s, table};
 
     fn text(r: Result<(), MqError>) -> String {
         r.unwrap_err().to_string()

@@ -487,6 +487,24 @@ mod tests {
         t
     }
 
+    /// A non-durable, non-internal exchange without arguments.
+    fn exchange(
+        name: &str,
+        kind: ExchangeKind,
+        auto_delete: bool,
+        alternate: Option<&str>,
+    ) -> Exchange {
+        Exchange::new(
+            name,
+            kind,
+            false,
+            auto_delete,
+            false,
+            FieldTable::new(),
+            alternate,
+        )
+    }
+
     fn names(v: Vec<Arc<str>>) -> Vec<String> {
         v.into_iter().map(|s| s.to_string()).collect()
     }
@@ -537,33 +555,9 @@ mod tests {
     #[test]
     fn alternate_exchanges_chain() {
         let mut t = topology();
-        t.add_exchange(Exchange::new(
-            "main",
-            ExchangeKind::Direct,
-            false,
-            false,
-            false,
-            FieldTable::new(),
-            Some("ae1"),
-        ));
-        t.add_exchange(Exchange::new(
-            "ae1",
-            ExchangeKind::Direct,
-            false,
-            false,
-            false,
-            FieldTable::new(),
-            Some("ae2"),
-        ));
-        t.add_exchange(Exchange::new(
-            "ae2",
-            ExchangeKind::Fanout,
-            false,
-            false,
-            false,
-            FieldTable::new(),
-            Some("main"),
-        ));
+        t.add_exchange(exchange("main", ExchangeKind::Direct, false, Some("ae1")));
+        t.add_exchange(exchange("ae1", ExchangeKind::Direct, false, Some("ae2")));
+        t.add_exchange(exchange("ae2", ExchangeKind::Fanout, false, Some("main")));
         t.add_binding("main", q("routed"), "k", FieldTable::new(), false);
         t.add_binding("ae1", q("first-ae"), "special", FieldTable::new(), false);
         assert_eq!(names(t.route("main", &["k"], None)), ["routed"]);
@@ -581,24 +575,8 @@ mod tests {
     #[test]
     fn removals_cascade_to_auto_delete_sources() {
         let mut t = topology();
-        t.add_exchange(Exchange::new(
-            "ad",
-            ExchangeKind::Fanout,
-            false,
-            true,
-            false,
-            FieldTable::new(),
-            None,
-        ));
-        t.add_exchange(Exchange::new(
-            "ad2",
-            ExchangeKind::Fanout,
-            false,
-            true,
-            false,
-            FieldTable::new(),
-            None,
-        ));
+        t.add_exchange(exchange("ad", ExchangeKind::Fanout, true, None));
+        t.add_exchange(exchange("ad2", ExchangeKind::Fanout, true, None));
         t.add_binding("ad", q("q1"), "", FieldTable::new(), false);
         t.add_binding("ad", q("q2"), "", FieldTable::new(), false);
         t.add_binding("ad2", x("ad"), "", FieldTable::new(), false);
@@ -618,15 +596,7 @@ mod tests {
         assert!(!t.exchange("d").unwrap().has_bindings());
         assert!(t.incoming.is_empty());
         // Being a destination does not keep or remove an auto-delete exchange.
-        t.add_exchange(Exchange::new(
-            "ad3",
-            ExchangeKind::Fanout,
-            false,
-            true,
-            false,
-            FieldTable::new(),
-            None,
-        ));
+        t.add_exchange(exchange("ad3", ExchangeKind::Fanout, true, None));
         t.add_binding("f", x("ad3"), "", FieldTable::new(), false);
         t.remove_binding("f", x("ad3"), "", &FieldTable::new());
         assert!(t.exchange("ad3").is_some());

@@ -136,18 +136,7 @@ pub(crate) fn values_equal(a: &FieldValue, b: &FieldValue) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-
-    fn s(v: &str) -> FieldValue {
-        FieldValue::LongString(Bytes::copy_from_slice(v.as_bytes()))
-    }
-
-    fn table(entries: &[(&str, FieldValue)]) -> FieldTable {
-        entries
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect()
-    }
+    use crate::test_support::{s, table};
 
     #[test]
     fn all_and_any() {

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use super::*;
 use crate::message::{FieldValue, Message, Properties};
 use crate::mq::ConnectionId;
+use crate::test_support::{s, table};
 use crate::{Broker, BrokerConfig};
 
 /// Upper bound of any one async step in these tests.
@@ -20,15 +21,14 @@ async fn within<T>(f: impl Future<Output = T>) -> T {
     tokio::time::timeout(STEP, f).await.expect("timed out")
 }
 
-fn s(v: &str) -> FieldValue {
-    FieldValue::LongString(Bytes::copy_from_slice(v.as_bytes()))
-}
-
-fn table(entries: &[(&str, FieldValue)]) -> FieldTable {
-    entries
+/// Whether the store holds a log of queue `queue` of `vhost`.
+fn has_queue_log(broker: &Broker, vhost: &str, queue: &str) -> bool {
+    let key = crate::queue::storage_key(vhost, queue);
+    broker
+        .queue_store()
+        .log_ids()
         .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect()
+        .any(|id| crate::queue::storage_key_of_log(&id.topic) == Some(key.as_str()))
 }
 
 fn exchange(name: &str, kind: &str) -> ExchangeDeclare {
@@ -648,13 +648,7 @@ async fn durable_definitions_survive_a_restart() {
     // Nothing may hold the vhost (and through it the store) across the next restart.
     drop(v);
     // No log of the transient queue is left.
-    let key = crate::queue::storage_key("/", "tq");
-    assert!(!f
-        .broker
-        .queue_store()
-        .log_ids()
-        .iter()
-        .any(|id| crate::queue::storage_key_of_log(&id.topic) == Some(key.as_str())));
+    assert!(!has_queue_log(&f.broker, "/", "tq"));
     assert_eq!(
         f.broker.vhosts().get("other").unwrap().queues()[0].name,
         "oq"
@@ -662,13 +656,7 @@ async fn durable_definitions_survive_a_restart() {
     within(f.broker.vhosts().delete("other")).await.unwrap();
     let f = f.restart().await;
     assert_eq!(f.broker.vhosts().names(), ["/"]);
-    let key = crate::queue::storage_key("other", "oq");
-    assert!(!f
-        .broker
-        .queue_store()
-        .log_ids()
-        .iter()
-        .any(|id| crate::queue::storage_key_of_log(&id.topic) == Some(key.as_str())));
+    assert!(!has_queue_log(&f.broker, "other", "oq"));
     within(f.broker.shutdown()).await.unwrap();
 }
 

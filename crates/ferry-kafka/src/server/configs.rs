@@ -258,7 +258,7 @@ fn describe_entry(
 }
 
 /// Whether a resource may be altered here; brokers are configured by file only.
-fn alterable(resource_type: i8) -> Result<(), (i16, Option<StrBytes>)> {
+fn alterable(resource_type: i8) -> AlterOutcome {
     match resource_type {
         RESOURCE_TOPIC => Ok(()),
         RESOURCE_BROKER => Err((
@@ -299,7 +299,48 @@ fn duplicate_error() -> (i16, Option<StrBytes>) {
     )
 }
 
-fn alter_outcome(result: Result<(), CoreError>) -> Result<(), (i16, Option<StrBytes>)> {
+/// How an alter request applies its changes.
+#[derive(Clone, Copy, Debug)]
+struct AlterMode {
+    /// Changes apply to single keys (IncrementalAlterConfigs), not the whole set.
+    incremental: bool,
+    /// Check only, change nothing.
+    validate_only: bool,
+}
+
+/// Alters each resource of a request with the changes `ops` reads from it: a resource
+/// named more than once is refused (every time, as Kafka does), so is one that is not
+/// a topic.
+fn alter_each<R>(
+    session: &Session,
+    resources: &[R],
+    id: impl Fn(&R) -> (i8, &str),
+    mode: AlterMode,
+    ops: impl Fn(&R) -> Result<Vec<ConfigOp>, (i16, Option<StrBytes>)>,
+) -> Vec<AlterOutcome> {
+    let repeated = repeated_resources(resources.iter().map(&id));
+    resources
+        .iter()
+        .map(|resource| {
+            let (resource_type, name) = id(resource);
+            if repeated.contains(&(resource_type, name)) {
+                return Err(duplicate_error());
+            }
+            alterable(resource_type)?;
+            alter_outcome(session.broker().alter_topic_config(
+                name,
+                ops(resource)?,
+                mode.incremental,
+                mode.validate_only,
+            ))
+        })
+        .collect()
+}
+
+/// Success, or a Kafka error code with its message.
+type AlterOutcome = Result<(), (i16, Option<StrBytes>)>;
+
+fn alter_outcome(result: Result<(), CoreError>) -> AlterOutcome {
     result.map_err(|e| (errors::error_code(&e), errors::error_message(&e)))
 }
 
@@ -309,37 +350,30 @@ pub(super) fn alter_configs(
     request: AlterConfigsRequest,
     _version: i16,
 ) -> AlterConfigsResponse {
-    let repeated = repeated_resources(
-        request
-            .resources
-            .iter()
-            .map(|r| (r.resource_type, r.resource_name.as_str())),
+    let outcomes = alter_each(
+        session,
+        &request.resources,
+        |r| (r.resource_type, r.resource_name.as_str()),
+        AlterMode {
+            incremental: false,
+            validate_only: request.validate_only,
+        },
+        |resource| {
+            Ok(resource
+                .configs
+                .iter()
+                .map(|c| match &c.value {
+                    Some(value) => ConfigOp::Set(c.name.to_string(), value.to_string()),
+                    None => ConfigOp::Delete(c.name.to_string()),
+                })
+                .collect())
+        },
     );
     let responses = request
         .resources
         .iter()
-        .map(|resource| {
-            let outcome =
-                if repeated.contains(&(resource.resource_type, resource.resource_name.as_str())) {
-                    Err(duplicate_error())
-                } else {
-                    alterable(resource.resource_type).and_then(|()| {
-                        let ops = resource
-                            .configs
-                            .iter()
-                            .map(|c| match &c.value {
-                                Some(value) => ConfigOp::Set(c.name.to_string(), value.to_string()),
-                                None => ConfigOp::Delete(c.name.to_string()),
-                            })
-                            .collect();
-                        alter_outcome(session.broker().alter_topic_config(
-                            &resource.resource_name,
-                            ops,
-                            false,
-                            request.validate_only,
-                        ))
-                    })
-                };
+        .zip(outcomes)
+        .map(|(resource, outcome)| {
             let response = alter_configs_response::AlterConfigsResourceResponse::default()
                 .with_resource_type(resource.resource_type)
                 .with_resource_name(resource.resource_name.clone());
@@ -358,56 +392,48 @@ pub(super) fn incremental_alter_configs(
     request: IncrementalAlterConfigsRequest,
     _version: i16,
 ) -> IncrementalAlterConfigsResponse {
-    let repeated = repeated_resources(
-        request
-            .resources
-            .iter()
-            .map(|r| (r.resource_type, r.resource_name.as_str())),
+    let outcomes = alter_each(
+        session,
+        &request.resources,
+        |r| (r.resource_type, r.resource_name.as_str()),
+        AlterMode {
+            incremental: true,
+            validate_only: request.validate_only,
+        },
+        |resource| {
+            resource
+                .configs
+                .iter()
+                .map(|c| {
+                    let name = c.name.to_string();
+                    let value = c.value.as_ref().map(|v| v.to_string());
+                    match (c.config_operation, value) {
+                        (op::DELETE, _) => Ok(ConfigOp::Delete(name)),
+                        (op::SET, Some(value)) => Ok(ConfigOp::Set(name, value)),
+                        (op::APPEND, Some(value)) => Ok(ConfigOp::Append(name, value)),
+                        (op::SUBTRACT, Some(value)) => Ok(ConfigOp::Subtract(name, value)),
+                        (op::SET | op::APPEND | op::SUBTRACT, None) => Err((
+                            ResponseError::InvalidConfig.code(),
+                            Some(StrBytes::from_string(format!(
+                                "null value for config {name}"
+                            ))),
+                        )),
+                        (other, _) => Err((
+                            ResponseError::InvalidRequest.code(),
+                            Some(StrBytes::from_string(format!(
+                                "unknown config operation {other}"
+                            ))),
+                        )),
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()
+        },
     );
     let responses = request
         .resources
         .iter()
-        .map(|resource| {
-            let outcome = if repeated
-                .contains(&(resource.resource_type, resource.resource_name.as_str()))
-            {
-                Err(duplicate_error())
-            } else {
-                alterable(resource.resource_type).and_then(|()| {
-                    let ops = resource
-                        .configs
-                        .iter()
-                        .map(|c| {
-                            let name = c.name.to_string();
-                            let value = c.value.as_ref().map(|v| v.to_string());
-                            match (c.config_operation, value) {
-                                (op::DELETE, _) => Ok(ConfigOp::Delete(name)),
-                                (op::SET, Some(value)) => Ok(ConfigOp::Set(name, value)),
-                                (op::APPEND, Some(value)) => Ok(ConfigOp::Append(name, value)),
-                                (op::SUBTRACT, Some(value)) => Ok(ConfigOp::Subtract(name, value)),
-                                (op::SET | op::APPEND | op::SUBTRACT, None) => Err((
-                                    ResponseError::InvalidConfig.code(),
-                                    Some(StrBytes::from_string(format!(
-                                        "null value for config {name}"
-                                    ))),
-                                )),
-                                (other, _) => Err((
-                                    ResponseError::InvalidRequest.code(),
-                                    Some(StrBytes::from_string(format!(
-                                        "unknown config operation {other}"
-                                    ))),
-                                )),
-                            }
-                        })
-                        .collect::<Result<Vec<_>, _>>()?;
-                    alter_outcome(session.broker().alter_topic_config(
-                        &resource.resource_name,
-                        ops,
-                        true,
-                        request.validate_only,
-                    ))
-                })
-            };
+        .zip(outcomes)
+        .map(|(resource, outcome)| {
             let response =
                 incremental_alter_configs_response::AlterConfigsResourceResponse::default()
                     .with_resource_type(resource.resource_type)

@@ -359,6 +359,12 @@ pub(super) async fn fetch(session: &Session, request: FetchRequest, version: i16
         .with_responses(responses)
 }
 
+/// A request's partition index as the core's partition number; a negative one names no
+/// partition.
+fn partition_number(index: i32) -> Result<u32, CoreError> {
+    u32::try_from(index).map_err(|_| CoreError::UnknownTopicOrPartition)
+}
+
 fn fetch_error(data: PartitionData, error: &CoreError) -> PartitionData {
     data.with_error_code(errors::error_code(error))
         .with_high_watermark(-1)
@@ -392,27 +398,25 @@ pub(super) fn list_offsets(
                         LATEST_TIERED_TIMESTAMP => None,
                         timestamp => Some(OffsetSpec::Timestamp(timestamp)),
                     };
-                    let looked_up = u32::try_from(p.partition_index)
-                        .map_err(|_| CoreError::UnknownTopicOrPartition)
-                        .and_then(|partition| {
-                            let found = match spec {
-                                // No record at or after the timestamp: the core answers the
-                                // log end without a timestamp; Kafka says "no offset" (-1).
-                                Some(spec @ OffsetSpec::Timestamp(_)) => {
-                                    match broker.list_offsets(&topic.name, partition, spec)? {
-                                        (_, NO_TIMESTAMP) => (UNKNOWN_OFFSET, NO_TIMESTAMP),
-                                        found => found,
-                                    }
+                    let looked_up = partition_number(p.partition_index).and_then(|partition| {
+                        let found = match spec {
+                            // No record at or after the timestamp: the core answers the
+                            // log end without a timestamp; Kafka says "no offset" (-1).
+                            Some(spec @ OffsetSpec::Timestamp(_)) => {
+                                match broker.list_offsets(&topic.name, partition, spec)? {
+                                    (_, NO_TIMESTAMP) => (UNKNOWN_OFFSET, NO_TIMESTAMP),
+                                    found => found,
                                 }
-                                Some(spec) => broker.list_offsets(&topic.name, partition, spec)?,
-                                // Nothing is tiered: no such offset, as Kafka answers.
-                                None => (UNKNOWN_OFFSET, NO_TIMESTAMP),
-                            };
-                            let epoch = broker
-                                .partition_offsets(&topic.name, partition)?
-                                .leader_epoch;
-                            Ok((found, epoch))
-                        });
+                            }
+                            Some(spec) => broker.list_offsets(&topic.name, partition, spec)?,
+                            // Nothing is tiered: no such offset, as Kafka answers.
+                            None => (UNKNOWN_OFFSET, NO_TIMESTAMP),
+                        };
+                        let epoch = broker
+                            .partition_offsets(&topic.name, partition)?
+                            .leader_epoch;
+                        Ok((found, epoch))
+                    });
                     match looked_up {
                         Ok(((offset, timestamp), epoch)) => {
                             let answer = answer.with_offset(offset).with_timestamp(timestamp);
@@ -454,12 +458,9 @@ pub(super) fn offset_for_leader_epoch(
                         .with_partition(p.partition)
                         .with_leader_epoch(-1)
                         .with_end_offset(-1);
-                    let partition = match u32::try_from(p.partition) {
+                    let partition = match partition_number(p.partition) {
                         Ok(partition) => partition,
-                        Err(_) => {
-                            return answer
-                                .with_error_code(ResponseError::UnknownTopicOrPartition.code())
-                        }
+                        Err(error) => return answer.with_error_code(errors::error_code(&error)),
                     };
                     let current = match broker.partition_offsets(&topic.topic, partition) {
                         Ok(offsets) => offsets.leader_epoch,
@@ -507,11 +508,9 @@ pub(super) fn delete_records(
                 .map(|p| {
                     let answer = DeleteRecordsPartitionResult::default()
                         .with_partition_index(p.partition_index);
-                    let deleted = u32::try_from(p.partition_index)
-                        .map_err(|_| CoreError::UnknownTopicOrPartition)
-                        .and_then(|partition| {
-                            broker.delete_records(&topic.name, partition, p.offset)
-                        });
+                    let deleted = partition_number(p.partition_index).and_then(|partition| {
+                        broker.delete_records(&topic.name, partition, p.offset)
+                    });
                     match deleted {
                         Ok(low_watermark) => answer.with_low_watermark(low_watermark),
                         Err(error) => answer

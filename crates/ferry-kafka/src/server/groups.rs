@@ -473,19 +473,20 @@ pub(super) fn offset_fetch(
             answer
         }
     };
+    let topic = |name, partitions| {
+        OffsetFetchResponseTopic::default()
+            .with_name(name)
+            .with_partitions(partitions)
+    };
     match fetch_group_offsets(session, &request.group_id, wanted.clone()) {
         Ok(topics) => OffsetFetchResponse::default().with_topics(
             topics
                 .into_iter()
                 .map(|(name, partitions)| {
-                    OffsetFetchResponseTopic::default()
-                        .with_name(name)
-                        .with_partitions(
-                            partitions
-                                .iter()
-                                .map(|(index, committed)| partition(*index, committed, 0))
-                                .collect(),
-                        )
+                    let partitions = partitions
+                        .iter()
+                        .map(|(index, committed)| partition(*index, committed, 0));
+                    topic(name, partitions.collect())
                 })
                 .collect(),
         ),
@@ -499,14 +500,10 @@ pub(super) fn offset_fetch(
                     .unwrap_or_default()
                     .into_iter()
                     .map(|(name, partitions)| {
-                        OffsetFetchResponseTopic::default()
-                            .with_name(name)
-                            .with_partitions(
-                                partitions
-                                    .iter()
-                                    .map(|&index| partition(index, &None, code))
-                                    .collect(),
-                            )
+                        let partitions = partitions
+                            .iter()
+                            .map(|&index| partition(index, &None, code));
+                        topic(name, partitions.collect())
                     })
                     .collect();
                 OffsetFetchResponse::default().with_topics(topics)

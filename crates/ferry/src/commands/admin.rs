@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use ferry_http::client::{path_segment, AdminClient, ClientError};
-use serde::Deserialize;
+use ferry_http::json::{ExchangeJson, LimitsJson, PermissionJson, QueueJson, UserJson, VhostJson};
 use serde_json::json;
 
 use super::CliError;
@@ -14,53 +14,6 @@ use crate::cli::{
     AdminArgs, ExchangeCommand, LimitsCommand, PermissionsCommand, QueueCommand, UserCommand,
     VhostCommand,
 };
-
-/// A user as the admin API lists it.
-#[derive(Debug, Deserialize)]
-struct UserJson {
-    name: String,
-    tags: Vec<String>,
-}
-
-/// A vhost as the admin API lists it.
-#[derive(Debug, Deserialize)]
-struct VhostJson {
-    name: String,
-}
-
-/// A permission as the admin API lists it.
-#[derive(Debug, Deserialize)]
-struct PermissionJson {
-    user: String,
-    vhost: String,
-    configure: String,
-    write: String,
-    read: String,
-}
-
-/// A queue as the admin API lists it.
-#[derive(Debug, Deserialize)]
-struct QueueJson {
-    name: String,
-    vhost: String,
-    durable: bool,
-    exclusive: bool,
-    auto_delete: bool,
-    messages: u64,
-    consumers: u32,
-}
-
-/// An exchange as the admin API lists it.
-#[derive(Debug, Deserialize)]
-struct ExchangeJson {
-    name: String,
-    vhost: String,
-    #[serde(rename = "type")]
-    kind: String,
-    durable: bool,
-    auto_delete: bool,
-    internal: bool,
-}
 
 /// An admin API session of one command.
 struct Admin {
@@ -286,13 +239,6 @@ pub async fn exchange(command: ExchangeCommand) -> CliResult {
         .collect();
     out.table(&["VHOST", "EXCHANGE", "TYPE", "FLAGS"], &rows)?;
     out.flush()
-}
-
-/// Alarm thresholds as the admin API shows them.
-#[derive(Debug, Deserialize)]
-struct LimitsJson {
-    memory_high_watermark_bytes: u64,
-    disk_free_limit_bytes: u64,
 }
 
 /// Runs one `ferry limits` subcommand.

@@ -126,8 +126,8 @@ pub struct ProduceResult {
 /// One partition of a fetch request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FetchPartition {
-    /// Topic name.
-    pub topic: String,
+    /// Topic name (shared by the partitions of one topic in a request).
+    pub topic: Arc<str>,
     /// Partition index.
     pub partition: u32,
     /// First offset wanted.
@@ -910,12 +910,25 @@ impl Broker {
         max_bytes: u32,
     ) -> Vec<FetchedPartition> {
         let deadline = tokio::time::Instant::now() + max_wait;
+        // Requests list a topic's partitions together: one topic lookup per run of them.
+        let mut topic: Option<Arc<Topic>> = None;
         let targets: Vec<Option<Arc<Partition>>> = partitions
             .iter()
-            .map(|p| self.find_partition(&p.topic, p.partition).map(|(_, p)| p))
+            .map(|p| {
+                if topic.as_ref().is_none_or(|t| *t.info.name != *p.topic) {
+                    topic = self.topics.read().get(&*p.topic).cloned();
+                }
+                topic
+                    .as_ref()?
+                    .partitions
+                    .get(p.partition as usize)
+                    .cloned()
+            })
             .collect();
-        let waiter = FetchWaiter::register(targets.iter().flatten().cloned().collect());
         let mut stop = self.stop.subscribe();
+        // Registered with the partitions only once a fetch has to wait: a fetch over
+        // thousands of partitions that finds data at once takes no per-partition lock.
+        let mut waiter: Option<FetchWaiter> = None;
         loop {
             let (results, bytes, errors) = read_fetch(partitions, &targets, max_bytes);
             let done = errors
@@ -925,6 +938,14 @@ impl Broker {
             if done {
                 return results;
             }
+            let Some(waiter) = &waiter else {
+                // Look again once registered: an append between the read above and the
+                // registration would otherwise not wake this fetch.
+                waiter = Some(FetchWaiter::register(
+                    targets.iter().flatten().cloned().collect(),
+                ));
+                continue;
+            };
             tokio::select! {
                 _ = waiter.waiter.notified() => {}
                 _ = tokio::time::sleep_until(deadline) => {}
@@ -1273,9 +1294,8 @@ fn read_fetch(
             continue;
         };
         let log = &partition.log;
-        let log_start = log.log_start_offset();
-        let high_watermark = log.high_watermark();
-        if request.offset < log_start || request.offset > log.log_end_offset() {
+        let (log_start, high_watermark, log_end) = log.offsets();
+        if request.offset < log_start || request.offset > log_end {
             any_error = true;
             results.push(FetchedPartition::failed(
                 CoreError::OffsetOutOfRange,

@@ -1143,6 +1143,14 @@ impl PartitionLog {
         }
     }
 
+    /// (log start, high watermark, log end) under one lock: what a fetch checks for each
+    /// partition it is asked for.
+    pub fn offsets(&self) -> (i64, i64, i64) {
+        let st = self.state.read();
+        // The high watermark equals the log end on a single node (see `high_watermark`).
+        (st.log_start, st.log_end, st.log_end)
+    }
+
     /// First offset still stored.
     pub fn log_start_offset(&self) -> i64 {
         self.state.read().log_start

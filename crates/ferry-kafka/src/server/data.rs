@@ -293,6 +293,7 @@ pub(super) async fn fetch(session: &Session, request: FetchRequest, version: i16
     let mut responses: Vec<FetchableTopicResponse> = Vec::with_capacity(request.topics.len());
     for (t, topic) in request.topics.iter().enumerate() {
         let mut partitions = Vec::with_capacity(topic.partitions.len());
+        let name: Arc<str> = Arc::from(topic.topic.as_str());
         for (p, partition) in topic.partitions.iter().enumerate() {
             let data = PartitionData::default().with_partition_index(partition.partition);
             if partition.partition < 0 {
@@ -300,7 +301,7 @@ pub(super) async fn fetch(session: &Session, request: FetchRequest, version: i16
                 continue;
             }
             wanted.push(FetchPartition {
-                topic: topic.topic.to_string(),
+                topic: name.clone(),
                 partition: partition.partition as u32,
                 offset: partition.fetch_offset,
                 max_bytes: partition.partition_max_bytes.max(0) as u32,

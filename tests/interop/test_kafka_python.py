@@ -148,3 +148,44 @@ def test_offsets_for_times(bootstrap):
         assert c.end_offsets([tp]) == {tp: 12}
     finally:
         c.close()
+
+
+def test_incremental_fetch_session(bootstrap):
+    """kafka-python fetches in a KIP-227 session: after the first (full) fetch it lists only
+    the partitions it moved on, and the broker answers only those with news. Every record
+    still arrives once, in order, across waves of produce spread over all partitions."""
+    partitions = 24
+    topic = kp_create(bootstrap, unique("kpsession"), partitions=partitions)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             fetch_max_wait_ms=100, request_timeout_ms=TIMEOUT_MS)
+    try:
+        consumer.assign([TopicPartition(topic, i) for i in range(partitions)])
+        got = {i: [] for i in range(partitions)}
+        sent = 0
+        for wave in range(4):
+            # Later waves touch only some partitions, so most of the session is quiet.
+            touched = range(partitions) if wave % 2 == 0 else range(0, partitions, 5)
+            for i in touched:
+                for n in range(3):
+                    producer.send(topic, partition=i, value=f"{wave}-{n}".encode())
+                    sent += 1
+            producer.flush(timeout=TIMEOUT_S)
+
+            def drained():
+                for records in consumer.poll(timeout_ms=200).values():
+                    for rec in records:
+                        got[rec.partition].append(rec.value.decode())
+                return sum(map(len, got.values())) >= sent
+            wait_until(f"wave {wave} consumed", drained, timeout_s=TIMEOUT_S, interval_s=0)
+        for i in range(partitions):
+            waves = [w for w in range(4) if w % 2 == 0 or i % 5 == 0]
+            assert got[i] == [f"{w}-{n}" for w in waves for n in range(3)], f"partition {i}"
+        # The consumer really was in a session: the broker gave it an id, and it has moved
+        # past the session's first incremental epoch.
+        sessions = [h.next_metadata for h in consumer._fetcher._session_handlers.values()]
+        assert any(m.session_id > 0 and m.epoch > 1 for m in sessions), \
+            [(m.session_id, m.epoch) for m in sessions]
+    finally:
+        consumer.close()
+        producer.close(timeout=TIMEOUT_S)

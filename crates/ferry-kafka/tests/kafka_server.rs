@@ -10,7 +10,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use common::{batch, count_batches, decode_records, TestBroker, TestClient, STEP_TIMEOUT};
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::describe_topic_partitions_request::{Cursor, TopicRequest};
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
@@ -281,6 +281,122 @@ async fn produce_and_fetch_round_trip() {
             .map(|p| (p.error_code, p.offset))
             .collect();
         assert_eq!(found, vec![(0, 0), (0, 4)]);
+        broker.stop().await;
+    })
+    .await;
+}
+
+/// A fetch of `partitions` (index, offset) of `topic` in session `id` at `epoch`, not
+/// waiting, forgetting `forget`; returns the response.
+async fn session_fetch(
+    client: &mut TestClient,
+    (id, epoch): (i32, i32),
+    topic: &str,
+    partitions: &[(i32, i64)],
+    forget: &[i32],
+) -> FetchResponse {
+    let listed = (!partitions.is_empty()).then(|| {
+        FetchTopic::default()
+            .with_topic(topic_name(topic))
+            .with_partitions(
+                partitions
+                    .iter()
+                    .map(|&(partition, offset)| {
+                        FetchPartition::default()
+                            .with_partition(partition)
+                            .with_fetch_offset(offset)
+                            .with_partition_max_bytes(1 << 20)
+                    })
+                    .collect(),
+            )
+    });
+    let forgotten = (!forget.is_empty()).then(|| {
+        ForgottenTopic::default()
+            .with_topic(topic_name(topic))
+            .with_partitions(forget.to_vec())
+    });
+    let request = FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_min_bytes(0)
+        .with_max_bytes(1 << 20)
+        .with_session_id(id)
+        .with_session_epoch(epoch)
+        .with_topics(listed.into_iter().collect())
+        .with_forgotten_topics_data(forgotten.into_iter().collect());
+    client.request(ApiKey::Fetch, FETCH_V, &request).await
+}
+
+/// (partition, high watermark, record count) of each partition a fetch answered.
+fn answered(response: &FetchResponse) -> Vec<(i32, i64, usize)> {
+    response
+        .responses
+        .iter()
+        .flat_map(|topic| &topic.partitions)
+        .map(|p| {
+            let records = p.records.clone().unwrap_or_default();
+            (
+                p.partition_index,
+                p.high_watermark,
+                decode_records(records).len(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_fetch_sessions_answer_only_news() {
+    bounded(async {
+        let broker = TestBroker::start().await;
+        let mut client = broker.client().await;
+        assert_eq!(create_topic(&mut client, "feed", 3, &[]).await, 0);
+        let one = || batch(&[("k", b"v")], None, Compression::None);
+        assert_eq!(produce(&mut client, "feed", 0, one()).await, (0, 0));
+
+        // A full fetch at epoch 0 creates a session and answers every partition.
+        let all = [(0, 0), (1, 0), (2, 0)];
+        let full = session_fetch(&mut client, (0, 0), "feed", &all, &[]).await;
+        assert_eq!(full.error_code, 0);
+        let id = full.session_id;
+        assert!(id > 0, "a session was created");
+        assert_eq!(answered(&full), vec![(0, 1, 1), (1, 0, 0), (2, 0, 0)]);
+
+        // Nothing changed and the client moved partition 0 on: an empty answer.
+        let quiet = session_fetch(&mut client, (id, 1), "feed", &[(0, 1)], &[]).await;
+        assert_eq!((quiet.error_code, quiet.session_id), (0, id));
+        assert_eq!(answered(&quiet), vec![]);
+
+        // New records on partition 2 are the only news; the request lists nothing.
+        assert_eq!(produce(&mut client, "feed", 2, one()).await, (0, 0));
+        let news = session_fetch(&mut client, (id, 2), "feed", &[], &[]).await;
+        assert_eq!(answered(&news), vec![(2, 1, 1)]);
+        // The client has not moved partition 2 on: the broker serves it again, from the
+        // offset the session holds.
+        let again = session_fetch(&mut client, (id, 3), "feed", &[], &[]).await;
+        assert_eq!(answered(&again), vec![(2, 1, 1)]);
+
+        // Forgotten partitions are no longer fetched, even with news.
+        let forgot = session_fetch(&mut client, (id, 4), "feed", &[(2, 1)], &[0]).await;
+        assert_eq!(answered(&forgot), vec![]);
+        assert_eq!(produce(&mut client, "feed", 0, one()).await, (0, 1));
+        let none = session_fetch(&mut client, (id, 5), "feed", &[], &[]).await;
+        assert_eq!(answered(&none), vec![]);
+
+        // A stale epoch and an unknown session are whole-response errors.
+        let stale = session_fetch(&mut client, (id, 5), "feed", &[], &[]).await;
+        assert_eq!(
+            (stale.error_code, stale.session_id),
+            (71, 0),
+            "INVALID_FETCH_SESSION_EPOCH"
+        );
+        let unknown = session_fetch(&mut client, (id.wrapping_add(1), 1), "feed", &[], &[]).await;
+        assert_eq!(unknown.error_code, 70, "FETCH_SESSION_ID_NOT_FOUND");
+
+        // A full fetch at epoch -1 closes the session and keeps none.
+        let closing = session_fetch(&mut client, (id, -1), "feed", &all, &[]).await;
+        assert_eq!((closing.error_code, closing.session_id), (0, 0));
+        assert_eq!(answered(&closing).len(), 3);
+        let closed = session_fetch(&mut client, (id, 6), "feed", &[], &[]).await;
+        assert_eq!(closed.error_code, 70, "the session is gone");
         broker.stop().await;
     })
     .await;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_core::{Acks, Broker, CoreError, FetchPartition, OffsetSpec};
+use ferry_core::{Acks, Broker, CoreError, FetchPartition, FetchedPartition, OffsetSpec};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::delete_records_response::{
     DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
@@ -27,10 +27,12 @@ use kafka_protocol::messages::{
     DeleteRecordsRequest, DeleteRecordsResponse, FetchRequest, FetchResponse,
     InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse,
     OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, ProduceRequest, ProduceResponse,
-    ProducerId,
+    ProducerId, TopicName,
 };
+use kafka_protocol::protocol::StrBytes;
 use tokio::task::JoinSet;
 
+use super::fetch_sessions::{FetchContext, NO_SESSION};
 use super::handlers::Session;
 use super::versions::PRODUCE_MIN_DECODABLE_VERSION;
 use crate::errors;
@@ -49,8 +51,6 @@ const LATEST_TIERED_TIMESTAMP: i64 = -5;
 const UNKNOWN_OFFSET: i64 = -1;
 /// ListOffsets answer "no timestamp".
 const NO_TIMESTAMP: i64 = -1;
-/// Fetch session id meaning "no session" (Ferry answers every fetch as a full fetch).
-const NO_FETCH_SESSION: i32 = 0;
 /// Fetch isolation level READ_UNCOMMITTED.
 const READ_UNCOMMITTED: i8 = 0;
 
@@ -279,15 +279,58 @@ fn finish_produce(acks: i16, response: ProduceResponse) -> ProduceOutcome {
     }
 }
 
-/// Fetch: one call to the core for the whole request. Fetch sessions (KIP-227) are not
-/// kept: answering session id 0 tells the client to send full fetches, which it does.
+/// Fetch: one call to the core for the whole request. A full fetch answers every
+/// partition asked for, and at epoch 0 starts a fetch session; an incremental one fetches
+/// its session's partitions and answers only those with news (see [`fetch_sessions`]).
+///
+/// [`fetch_sessions`]: super::fetch_sessions
 pub(super) async fn fetch(session: &Session, request: FetchRequest, version: i16) -> FetchResponse {
-    let broker = session.broker();
-    let config = session.config();
-    if request.session_id != NO_FETCH_SESSION {
-        return FetchResponse::default()
-            .with_error_code(ResponseError::FetchSessionIdNotFound.code());
+    let read_committed = request.isolation_level != READ_UNCOMMITTED && version >= 4;
+    let context = match session.fetch_sessions().context(&request, version) {
+        Ok(context) => context,
+        Err(error) => {
+            return FetchResponse::default()
+                .with_error_code(error.code())
+                .with_session_id(NO_SESSION)
+        }
+    };
+    match context {
+        FetchContext::Full { create } => full_fetch(session, request, create, read_committed).await,
+        FetchContext::Incremental { id, session: fetch } => {
+            let wanted = fetch.lock().wanted();
+            let fetched = read_partitions(session, &request, &wanted).await;
+            let answers = fetch.lock().answer(wanted, fetched);
+            // Consecutive partitions of a topic share its entry; a topic may come back
+            // later in the session order, as in Kafka.
+            let mut responses: Vec<FetchableTopicResponse> = Vec::new();
+            for (asked, fetched) in answers {
+                let data = partition_data(asked.partition as i32, fetched, read_committed);
+                match responses.last_mut() {
+                    Some(last) if last.topic.as_str() == &*asked.topic => {
+                        last.partitions.push(data)
+                    }
+                    _ => responses.push(
+                        FetchableTopicResponse::default()
+                            .with_topic(TopicName(StrBytes::from_string(asked.topic.to_string())))
+                            .with_partitions(vec![data]),
+                    ),
+                }
+            }
+            FetchResponse::default()
+                .with_session_id(id)
+                .with_responses(responses)
+        }
     }
+}
+
+/// A full fetch: every partition of the request is answered, in request order; with
+/// `create`, the answered partitions become a new session if the cache has room.
+async fn full_fetch(
+    session: &Session,
+    request: FetchRequest,
+    create: bool,
+    read_committed: bool,
+) -> FetchResponse {
     let mut wanted = Vec::new();
     let mut slots = Vec::new();
     let mut responses: Vec<FetchableTopicResponse> = Vec::with_capacity(request.topics.len());
@@ -295,9 +338,11 @@ pub(super) async fn fetch(session: &Session, request: FetchRequest, version: i16
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         let name: Arc<str> = Arc::from(topic.topic.as_str());
         for (p, partition) in topic.partitions.iter().enumerate() {
-            let data = PartitionData::default().with_partition_index(partition.partition);
             if partition.partition < 0 {
-                partitions.push(fetch_error(data, &CoreError::UnknownTopicOrPartition));
+                partitions.push(fetch_error(
+                    PartitionData::default().with_partition_index(partition.partition),
+                    &CoreError::UnknownTopicOrPartition,
+                ));
                 continue;
             }
             wanted.push(FetchPartition {
@@ -307,7 +352,7 @@ pub(super) async fn fetch(session: &Session, request: FetchRequest, version: i16
                 max_bytes: partition.partition_max_bytes.max(0) as u32,
             });
             slots.push((t, p));
-            partitions.push(data);
+            partitions.push(PartitionData::default());
         }
         responses.push(
             FetchableTopicResponse::default()
@@ -315,21 +360,45 @@ pub(super) async fn fetch(session: &Session, request: FetchRequest, version: i16
                 .with_partitions(partitions),
         );
     }
+    let fetched = read_partitions(session, &request, &wanted).await;
+    let mut answered: Vec<(FetchPartition, FetchedPartition)> =
+        wanted.into_iter().zip(fetched).collect();
+    let session_id = if create {
+        session.fetch_sessions().create(&answered)
+    } else {
+        NO_SESSION
+    };
+    for ((t, p), (asked, fetched)) in slots.into_iter().zip(answered.drain(..)) {
+        responses[t].partitions[p] =
+            partition_data(asked.partition as i32, fetched, read_committed);
+    }
+    FetchResponse::default()
+        .with_session_id(session_id)
+        .with_responses(responses)
+}
 
+/// The core's answers for `wanted`, one per partition in order, waiting as the request
+/// allows (but never past the start of shutdown).
+async fn read_partitions(
+    session: &Session,
+    request: &FetchRequest,
+    wanted: &[FetchPartition],
+) -> Vec<FetchedPartition> {
+    if wanted.is_empty() {
+        return Vec::new();
+    }
+    let broker = session.broker();
+    let config = session.config();
     let max_wait =
         Duration::from_millis((request.max_wait_ms.max(0) as u64).min(config.fetch_max_wait_ms));
     let min_bytes = request.min_bytes.max(0) as u32;
     let max_bytes = (request.max_bytes.max(0) as u32).min(config.fetch_max_bytes);
-    let fetched = if wanted.is_empty() {
-        Vec::new()
-    } else {
-        // A long poll must not hold up shutdown: answer at once with what is there.
-        let mut shutdown = session.shutdown();
-        tokio::select! {
-            fetched = broker.fetch(&wanted, max_wait, min_bytes, max_bytes) => fetched,
-            () = async { let _ = shutdown.wait_for(|stopping| *stopping).await; } => {
-                broker.fetch(&wanted, Duration::ZERO, 0, max_bytes).await
-            }
+    // A long poll must not hold up shutdown: answer at once with what is there.
+    let mut shutdown = session.shutdown();
+    let fetched = tokio::select! {
+        fetched = broker.fetch(wanted, max_wait, min_bytes, max_bytes) => fetched,
+        () = async { let _ = shutdown.wait_for(|stopping| *stopping).await; } => {
+            broker.fetch(wanted, Duration::ZERO, 0, max_bytes).await
         }
     };
     if fetched.len() != wanted.len() {
@@ -339,25 +408,23 @@ pub(super) async fn fetch(session: &Session, request: FetchRequest, version: i16
             "core fetch answered a different number of partitions"
         );
     }
-    let read_committed = request.isolation_level != READ_UNCOMMITTED && version >= 4;
-    for ((t, p), partition) in slots.into_iter().zip(fetched) {
-        let slot = &mut responses[t].partitions[p];
-        let data = std::mem::take(slot);
-        *slot = match partition.error {
-            Some(error) => fetch_error(data, &error),
-            None => data
-                .with_high_watermark(partition.high_watermark)
-                .with_last_stable_offset(partition.last_stable_offset)
-                .with_log_start_offset(partition.log_start_offset)
-                // No transactions yet, hence nothing aborted; read-committed readers get
-                // an empty list, others null, as Kafka sends.
-                .with_aborted_transactions(read_committed.then(Vec::new))
-                .with_records(Some(partition.records)),
-        };
+    fetched
+}
+
+/// One partition's entry of a fetch response.
+fn partition_data(index: i32, fetched: FetchedPartition, read_committed: bool) -> PartitionData {
+    let data = PartitionData::default().with_partition_index(index);
+    match fetched.error {
+        Some(error) => fetch_error(data, &error),
+        None => data
+            .with_high_watermark(fetched.high_watermark)
+            .with_last_stable_offset(fetched.last_stable_offset)
+            .with_log_start_offset(fetched.log_start_offset)
+            // No transactions yet, hence nothing aborted; read-committed readers get an
+            // empty list, others null, as Kafka sends.
+            .with_aborted_transactions(read_committed.then(Vec::new))
+            .with_records(Some(fetched.records)),
     }
-    FetchResponse::default()
-        .with_session_id(NO_FETCH_SESSION)
-        .with_responses(responses)
 }
 
 /// A request's partition index as the core's partition number; a negative one names no

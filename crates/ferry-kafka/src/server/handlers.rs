@@ -14,6 +14,7 @@ use super::codec::{
     encode_fetch_response, encode_response, encode_unsupported_api_versions, DecodedRequest,
     EncodeError,
 };
+use super::fetch_sessions::FetchSessionCache;
 use super::{admin, configs, data, groups, metadata, versions, KafkaConfig, Shared};
 
 /// One client connection's view of the broker.
@@ -53,6 +54,11 @@ impl Session {
     /// The advertised host as a protocol string.
     pub fn advertised_host(&self) -> StrBytes {
         StrBytes::from_string(self.shared.config.advertised_host.clone())
+    }
+
+    /// The broker's fetch sessions.
+    pub fn fetch_sessions(&self) -> &FetchSessionCache {
+        &self.shared.fetch_sessions
     }
 
     /// A receiver that turns `true` when the listener shuts down.

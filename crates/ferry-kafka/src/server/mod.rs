@@ -18,6 +18,7 @@ mod admin;
 mod codec;
 mod configs;
 mod data;
+mod fetch_sessions;
 mod groups;
 mod handlers;
 mod metadata;
@@ -48,6 +49,10 @@ pub const DEFAULT_FETCH_MAX_BYTES: u32 = 55 << 20;
 pub const DEFAULT_FETCH_MAX_WAIT_MS: u64 = 30_000;
 /// Default cap on concurrent client connections.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Kafka's `max.incremental.fetch.session.cache.slots` default: most fetch sessions kept.
+pub const DEFAULT_FETCH_SESSION_CACHE_SLOTS: usize = 1000;
+/// Most partitions all fetch sessions hold together (about 100 bytes each).
+pub const DEFAULT_FETCH_SESSION_CACHE_PARTITIONS: usize = 1_000_000;
 /// Default time the listener waits for in-flight requests at shutdown.
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
 /// Read-ahead buffer of each connection: small, since every connection holds one for its
@@ -77,6 +82,10 @@ pub struct KafkaConfig {
     pub fetch_max_bytes: u32,
     /// Cap on a fetch's long-poll wait.
     pub fetch_max_wait_ms: u64,
+    /// Most incremental fetch sessions kept at once (0: none).
+    pub fetch_session_cache_slots: usize,
+    /// Most partitions the fetch sessions hold together.
+    pub fetch_session_cache_partitions: usize,
     /// Connections beyond this many are closed on accept.
     pub max_connections: usize,
     /// Cluster id reported in Metadata and DescribeCluster.
@@ -94,6 +103,8 @@ impl Default for KafkaConfig {
             max_buffered_request_bytes: DEFAULT_MAX_BUFFERED_REQUEST_BYTES,
             fetch_max_bytes: DEFAULT_FETCH_MAX_BYTES,
             fetch_max_wait_ms: DEFAULT_FETCH_MAX_WAIT_MS,
+            fetch_session_cache_slots: DEFAULT_FETCH_SESSION_CACHE_SLOTS,
+            fetch_session_cache_partitions: DEFAULT_FETCH_SESSION_CACHE_PARTITIONS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             cluster_id: "ferry".to_string(),
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
@@ -109,6 +120,8 @@ struct Shared {
     request_bytes: Arc<Semaphore>,
     /// Flips to `true` when shutdown starts.
     shutdown: watch::Receiver<bool>,
+    /// Incremental fetch sessions (KIP-227).
+    fetch_sessions: fetch_sessions::FetchSessionCache,
 }
 
 /// Serves the Kafka protocol on `listener` until `shutdown` completes; then stops
@@ -129,6 +142,10 @@ pub async fn serve(
         broker,
         request_bytes: Arc::new(Semaphore::new(budget)),
         shutdown: shutdown_rx,
+        fetch_sessions: fetch_sessions::FetchSessionCache::new(
+            config.fetch_session_cache_slots,
+            config.fetch_session_cache_partitions,
+        ),
         config,
     });
     let grace = Duration::from_millis(shared.config.shutdown_grace_ms);

@@ -35,7 +35,7 @@ use kafka_protocol::messages::FetchRequest;
 use parking_lot::Mutex;
 
 /// Session id of a fetch outside any session.
-pub(super) const NO_SESSION: i32 = 0;
+pub const NO_SESSION: i32 = 0;
 /// Epoch of a full fetch that asks for a new session.
 const INITIAL_EPOCH: i32 = 0;
 /// Epoch of a full fetch that wants no session.
@@ -44,10 +44,10 @@ const FINAL_EPOCH: i32 = -1;
 const SESSIONS_MIN_VERSION: i16 = 7;
 /// A session unused this long may be evicted for a new one (Kafka's
 /// `min.incremental.fetch.session.eviction.ms` default).
-pub(super) const EVICTION_IDLE: Duration = Duration::from_secs(120);
+pub const EVICTION_IDLE: Duration = Duration::from_secs(120);
 
 /// What a fetch request's session fields ask for, once checked against the cache.
-pub(super) enum FetchContext {
+pub enum FetchContext {
     /// Answer every requested partition. `create`: try to start a session afterwards.
     Full { create: bool },
     /// Fetch the session's partitions and answer those with news.
@@ -119,7 +119,7 @@ impl CachedPartition {
 
 /// One client's fetch session.
 #[derive(Debug)]
-pub(super) struct FetchSession {
+pub struct FetchSession {
     /// The epoch the next incremental fetch must carry.
     next_epoch: i32,
     /// The partitions, in the order their fetch fills a response.
@@ -218,17 +218,19 @@ impl FetchSession {
 }
 
 /// The broker's fetch sessions.
-pub(crate) struct FetchSessionCache {
+#[derive(Debug)]
+pub struct FetchSessionCache {
     slots: usize,
     partitions_max: usize,
     state: Mutex<CacheState>,
 }
 
+#[derive(Debug)]
 struct CacheState {
     sessions: HashMap<i32, Arc<Mutex<FetchSession>>>,
     /// Partitions held by all sessions together (as of their last request).
     partitions: usize,
-    /// Where the search for a free session id starts.
+    /// Where the search for a free session id starts (always positive).
     next_id: i32,
 }
 
@@ -237,7 +239,7 @@ impl FetchSessionCache {
     pub fn new(slots: usize, partitions_max: usize) -> Self {
         // Ids start at a random point, so that a client's session from before a restart is
         // unlikely to name a new one.
-        let next_id = RandomState::new().hash_one(Instant::now()) as i32;
+        let next_id = ((RandomState::new().hash_one(Instant::now()) as i32) & i32::MAX).max(1);
         FetchSessionCache {
             slots,
             partitions_max,
@@ -383,12 +385,12 @@ impl CacheState {
         true
     }
 
-    /// A positive id no session has.
+    /// A positive id no session has (there are far fewer sessions than ids).
     fn free_id(&mut self) -> i32 {
         loop {
             let id = self.next_id;
-            self.next_id = self.next_id.wrapping_add(1);
-            if id > NO_SESSION && !self.sessions.contains_key(&id) {
+            self.next_id = if id == i32::MAX { 1 } else { id + 1 };
+            if !self.sessions.contains_key(&id) {
                 return id;
             }
         }
@@ -530,6 +532,18 @@ mod tests {
             Some(ResponseError::FetchSessionIdNotFound)
         );
         assert_eq!(cache.len(), 0);
+    }
+
+    #[test]
+    fn session_ids_are_positive_and_distinct() {
+        let cache = FetchSessionCache::new(10, 100);
+        cache.state.lock().next_id = i32::MAX - 1;
+        let ids: Vec<i32> = (0..3).map(|_| started(&cache, 1)).collect();
+        assert_eq!(ids, vec![i32::MAX - 1, i32::MAX, 1]);
+        // A random start is positive.
+        for _ in 0..100 {
+            assert!(FetchSessionCache::new(1, 1).state.lock().next_id > 0);
+        }
     }
 
     #[test]

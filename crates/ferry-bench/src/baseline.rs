@@ -12,10 +12,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use ferry_kafka::server::{decode_request, encode_response, DecodedRequest};
+use ferry_core::{CoreError, FetchPartition, FetchedPartition};
+use ferry_kafka::server::{
+    decode_request, encode_response, fetch_responses, DecodedRequest, FetchContext,
+    FetchSessionCache, DEFAULT_FETCH_SESSION_CACHE_PARTITIONS, DEFAULT_FETCH_SESSION_CACHE_SLOTS,
+    NO_SESSION,
+};
 use ferry_storage::batch::BatchHeader;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
@@ -56,7 +60,6 @@ const APIS: [(ApiKey, i16, i16); 4] = [
     (ApiKey::Fetch, 4, 12),
 ];
 /// Kafka error codes used.
-const OFFSET_OUT_OF_RANGE: i16 = 1;
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const CORRUPT_MESSAGE: i16 = 2;
 
@@ -109,6 +112,8 @@ struct Shared {
     appended: Notify,
     /// Woken after fetches, for producers waiting for ring space.
     fetched: Notify,
+    /// Consumers' fetch sessions.
+    sessions: FetchSessionCache,
 }
 
 impl Shared {
@@ -161,6 +166,10 @@ impl BaselineServer {
             rings: Mutex::new(HashMap::new()),
             appended: Notify::new(),
             fetched: Notify::new(),
+            sessions: FetchSessionCache::new(
+                DEFAULT_FETCH_SESSION_CACHE_SLOTS,
+                DEFAULT_FETCH_SESSION_CACHE_PARTITIONS,
+            ),
         });
         let (tx, mut rx) = oneshot::channel();
         let task = runtime.spawn(async move {
@@ -244,7 +253,9 @@ async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>) {
                 }
                 ResponseKind::Produce(response)
             }
-            RequestKind::Fetch(request) => ResponseKind::Fetch(fetch(&shared, &request).await),
+            RequestKind::Fetch(request) => {
+                ResponseKind::Fetch(fetch(&shared, &request, version).await)
+            }
             _ => return,
         };
         let Ok(bytes) = encode_response(header.correlation_id, api_key, version, &response) else {
@@ -381,94 +392,140 @@ fn append(ring: &Mutex<Ring>, records: Option<&Bytes>) -> Option<(i64, i64)> {
     Some((first, ring.start_offset))
 }
 
-/// Serves a fetch from the rings, waiting up to `max_wait_ms` for data.
-async fn fetch(shared: &Shared, request: &FetchRequest) -> FetchResponse {
+/// Serves a fetch from the rings, waiting up to `max_wait_ms` for data. Fetch sessions
+/// (KIP-227) are kept with Ferry's own session cache, so that a consumer in a session
+/// costs the baseline what it costs the broker.
+async fn fetch(shared: &Shared, request: &FetchRequest, version: i16) -> FetchResponse {
+    let context = match shared.sessions.context(request, version) {
+        Ok(context) => context,
+        Err(error) => {
+            return FetchResponse::default()
+                .with_error_code(error.code())
+                .with_session_id(NO_SESSION)
+        }
+    };
+    let wanted: Vec<FetchPartition> = match &context {
+        FetchContext::Full { .. } => request
+            .topics
+            .iter()
+            .flat_map(|topic| {
+                let name: Arc<str> = Arc::from(topic.topic.as_str());
+                topic
+                    .partitions
+                    .iter()
+                    .filter(|p| p.partition >= 0)
+                    .map(move |p| FetchPartition {
+                        topic: name.clone(),
+                        partition: p.partition as u32,
+                        offset: p.fetch_offset,
+                        max_bytes: p.partition_max_bytes.max(1) as u32,
+                    })
+            })
+            .collect(),
+        FetchContext::Incremental { session, .. } => session.lock().wanted(),
+    };
     let wait = Duration::from_millis(request.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MAX);
     let deadline = Instant::now() + wait;
-    loop {
+    let max_bytes = request.max_bytes.max(1) as usize;
+    let fetched = loop {
         // Registered before looking, so that an append in between is not missed.
         let appended = shared.appended.notified();
-        let (responses, bytes) = read_rings(shared, request);
+        let (fetched, bytes) = read_rings(shared, &wanted, max_bytes);
         shared.fetched.notify_waiters();
         let now = Instant::now();
         if bytes > 0 || now >= deadline {
-            return FetchResponse::default().with_responses(responses);
+            break fetched;
         }
         let _ = tokio::time::timeout(deadline - now, appended).await;
-    }
+    };
+    let (id, answers) = match context {
+        FetchContext::Full { create } => {
+            let answered: Vec<_> = wanted.into_iter().zip(fetched).collect();
+            let id = if create {
+                shared.sessions.create(&answered)
+            } else {
+                NO_SESSION
+            };
+            (id, answered)
+        }
+        FetchContext::Incremental { id, session } => (id, session.lock().answer(wanted, fetched)),
+    };
+    FetchResponse::default()
+        .with_session_id(id)
+        .with_responses(fetch_responses(answers, false))
 }
 
-/// One pass over the asked partitions; returns the responses and the bytes in them.
-fn read_rings(shared: &Shared, request: &FetchRequest) -> (Vec<FetchableTopicResponse>, usize) {
+/// One pass over the wanted partitions; returns their answers and the bytes in them.
+fn read_rings(
+    shared: &Shared,
+    wanted: &[FetchPartition],
+    max_bytes: usize,
+) -> (Vec<FetchedPartition>, usize) {
     let mut total = 0usize;
-    let max_bytes = request.max_bytes.max(1) as usize;
-    let mut responses = Vec::with_capacity(request.topics.len());
-    for topic in &request.topics {
-        let mut partitions = Vec::with_capacity(topic.partitions.len());
-        for asked in &topic.partitions {
-            let mut data = PartitionData::default()
-                .with_partition_index(asked.partition)
-                .with_preferred_read_replica(BrokerId(-1))
-                .with_aborted_transactions(Some(Vec::new()));
-            let Some(ring) = shared.ring(topic.topic.0.as_str(), asked.partition) else {
-                partitions.push(data.with_error_code(UNKNOWN_TOPIC_OR_PARTITION));
-                continue;
-            };
-            let mut ring = ring.lock();
-            if asked.fetch_offset > ring.fetched_offset && asked.fetch_offset <= ring.next_offset {
-                ring.fetched_offset = asked.fetch_offset;
-                ring.evict();
-            }
-            data.high_watermark = ring.next_offset;
-            data.last_stable_offset = ring.next_offset;
-            data.log_start_offset = ring.start_offset;
-            let offset = asked.fetch_offset;
-            if offset < ring.start_offset || offset > ring.next_offset {
-                partitions.push(data.with_error_code(OFFSET_OUT_OF_RANGE));
-                continue;
-            }
-            let partition_max = asked.partition_max_bytes.max(1) as usize;
-            let first = ring.batches.partition_point(|(base, batch)| {
-                // A batch entirely before the offset: its last offset is below it.
-                let last = BatchHeader::parse(batch).map_or(*base, |h| h.last_offset());
-                last < offset
-            });
-            // Only reference counts are taken under the lock; the copy happens after it.
-            let mut picked: Vec<Bytes> = Vec::new();
-            let mut picked_bytes = 0usize;
-            for (_, batch) in ring.batches.iter().skip(first) {
-                // At least one batch per response (not per partition), as Kafka does, so
-                // that progress is made while max_bytes still bounds the response.
-                if (picked_bytes > 0 || total > 0)
-                    && (picked_bytes + batch.len() > partition_max
-                        || total + picked_bytes + batch.len() > max_bytes)
-                {
-                    break;
-                }
-                picked_bytes += batch.len();
-                picked.push(batch.clone());
-            }
-            drop(ring);
-            let out = match picked.len() {
-                1 => picked.pop().unwrap_or_default(),
-                _ => {
-                    let mut out = BytesMut::with_capacity(picked_bytes);
-                    for batch in &picked {
-                        out.extend_from_slice(batch);
-                    }
-                    out.freeze()
-                }
-            };
-            total += out.len();
-            partitions.push(data.with_records(Some(out)));
+    let mut answers = Vec::with_capacity(wanted.len());
+    for asked in wanted {
+        let mut answer = FetchedPartition {
+            error: None,
+            high_watermark: -1,
+            last_stable_offset: -1,
+            log_start_offset: -1,
+            records: Bytes::new(),
+        };
+        let Some(ring) = shared.ring(&asked.topic, asked.partition as i32) else {
+            answer.error = Some(CoreError::UnknownTopicOrPartition);
+            answers.push(answer);
+            continue;
+        };
+        let mut ring = ring.lock();
+        if asked.offset > ring.fetched_offset && asked.offset <= ring.next_offset {
+            ring.fetched_offset = asked.offset;
+            ring.evict();
         }
-        responses.push(
-            FetchableTopicResponse::default()
-                .with_topic(topic.topic.clone())
-                .with_partitions(partitions),
-        );
+        answer.high_watermark = ring.next_offset;
+        answer.last_stable_offset = ring.next_offset;
+        answer.log_start_offset = ring.start_offset;
+        let offset = asked.offset;
+        if offset < ring.start_offset || offset > ring.next_offset {
+            answer.error = Some(CoreError::OffsetOutOfRange);
+            answers.push(answer);
+            continue;
+        }
+        let partition_max = asked.max_bytes.max(1) as usize;
+        let first = ring.batches.partition_point(|(base, batch)| {
+            // A batch entirely before the offset: its last offset is below it.
+            let last = BatchHeader::parse(batch).map_or(*base, |h| h.last_offset());
+            last < offset
+        });
+        // Only reference counts are taken under the lock; the copy happens after it.
+        let mut picked: Vec<Bytes> = Vec::new();
+        let mut picked_bytes = 0usize;
+        for (_, batch) in ring.batches.iter().skip(first) {
+            // At least one batch per response (not per partition), as Kafka does, so
+            // that progress is made while max_bytes still bounds the response.
+            if (picked_bytes > 0 || total > 0)
+                && (picked_bytes + batch.len() > partition_max
+                    || total + picked_bytes + batch.len() > max_bytes)
+            {
+                break;
+            }
+            picked_bytes += batch.len();
+            picked.push(batch.clone());
+        }
+        drop(ring);
+        answer.records = match picked.len() {
+            1 => picked.pop().unwrap_or_default(),
+            _ => {
+                let mut out = BytesMut::with_capacity(picked_bytes);
+                for batch in &picked {
+                    out.extend_from_slice(batch);
+                }
+                out.freeze()
+            }
+        };
+        total += answer.records.len();
+        answers.push(answer);
     }
-    (responses, total)
+    (answers, total)
 }
 
 #[cfg(test)]

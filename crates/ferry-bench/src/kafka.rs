@@ -62,6 +62,10 @@ const FETCH_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 const FETCH_ERRORS_IN_A_ROW_MAX: u32 = 200;
 /// Kafka's OFFSET_OUT_OF_RANGE: the data is gone (a baseline ring overrun).
 const OFFSET_OUT_OF_RANGE: i16 = 1;
+/// Kafka's FETCH_SESSION_ID_NOT_FOUND: the target no longer has the fetch session.
+const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
+/// Kafka's INVALID_FETCH_SESSION_EPOCH: the fetch session's epoch is out of step.
+const INVALID_FETCH_SESSION_EPOCH: i16 = 71;
 /// How often topic metadata is asked for while the new topics get leaders.
 const METADATA_ATTEMPTS: u32 = 50;
 /// Pause between metadata attempts.
@@ -660,6 +664,76 @@ pub(crate) async fn fetch_served(address: &str, topic: &str) -> Result<bool> {
     }))
 }
 
+/// A consumer's KIP-227 fetch session with the target, if the target keeps one.
+///
+/// Every full fetch asks for a session (epoch 0). Once the target gives one, each fetch
+/// lists only the partitions whose offset moved since the target last heard of them; the
+/// target keeps the rest and answers only partitions with news. A target without sessions
+/// answers session id 0, and the consumer goes on with full fetches.
+struct FetchSession {
+    /// Session id (0: none, the next fetch is full).
+    id: i32,
+    /// Epoch of the next fetch (0 on a full fetch: "create a session").
+    epoch: i32,
+    /// The offset the target holds for each partition of the session.
+    held: Vec<i64>,
+}
+
+impl FetchSession {
+    fn new(partitions: usize) -> Self {
+        FetchSession {
+            id: 0,
+            epoch: 0,
+            held: vec![-1; partitions],
+        }
+    }
+
+    /// The partitions (local indices) the next request lists: all of them, starting at
+    /// `first`, on a full fetch; else those whose offset moved.
+    ///
+    /// A full fetch's target fills its response in request order until max_bytes:
+    /// starting each one after the last partition served keeps every partition drained in
+    /// turn instead of starving the tail of a long list. In a session the target keeps
+    /// that order itself.
+    fn listed(&self, offsets: &[i64], first: usize) -> Vec<usize> {
+        if self.id == 0 {
+            (first..offsets.len()).chain(0..first).collect()
+        } else {
+            (0..offsets.len())
+                .filter(|&i| offsets[i] != self.held[i])
+                .collect()
+        }
+    }
+
+    /// Takes in a response to a request that listed `listed` at `offsets`; false if the
+    /// response carries nothing to read (the session is unknown or out of step).
+    fn answered(&mut self, response: &FetchResponse, listed: &[usize], offsets: &[i64]) -> bool {
+        if response.error_code == FETCH_SESSION_ID_NOT_FOUND
+            || response.error_code == INVALID_FETCH_SESSION_EPOCH
+        {
+            self.id = 0;
+            self.epoch = 0;
+            return false;
+        }
+        if response.session_id == 0 || (self.id != 0 && response.session_id != self.id) {
+            // No session (any more): the next fetch is full and asks for one again.
+            self.id = 0;
+            self.epoch = 0;
+            return true;
+        }
+        self.id = response.session_id;
+        self.epoch = if self.epoch == i32::MAX {
+            1
+        } else {
+            self.epoch + 1
+        };
+        for &i in listed {
+            self.held[i] = offsets[i];
+        }
+        true
+    }
+}
+
 async fn run_consumer(
     id: u32,
     partitions: Vec<usize>,
@@ -685,8 +759,9 @@ async fn run_consumer(
     let mut correlation_id: i32 = 0;
     let mut errors_in_a_row = 0u32;
     let mut drain_deadline: Option<Instant> = None;
-    // Where the next fetch request's partition list starts.
+    // Where the next full fetch's partition list starts.
     let mut first = 0usize;
+    let mut session = FetchSession::new(partitions.len());
 
     loop {
         if ctx.state.producers_done.load(Ordering::Acquire) {
@@ -699,13 +774,10 @@ async fn run_consumer(
                 break;
             }
         }
-        // The target fills a response in request order until max_bytes: starting each
-        // request after the last partition served keeps every partition drained in turn
-        // instead of starving the tail of a long list.
+        let listed = session.listed(&offsets, first);
         let mut by_topic: Vec<Vec<FetchPartition>> = vec![Vec::new(); ctx.topics.len()];
-        for i in (first..partitions.len()).chain(0..first) {
-            let g = partitions[i];
-            let (topic, index) = ctx.split_partition(g);
+        for &i in &listed {
+            let (topic, index) = ctx.split_partition(partitions[i]);
             by_topic[topic].push(
                 FetchPartition::default()
                     .with_partition(index)
@@ -731,8 +803,8 @@ async fn run_consumer(
             .with_min_bytes(1)
             .with_max_bytes(FETCH_MAX_BYTES)
             .with_isolation_level(0)
-            .with_session_id(0)
-            .with_session_epoch(-1)
+            .with_session_id(session.id)
+            .with_session_epoch(session.epoch)
             .with_topics(topics);
         correlation_id = correlation_id.wrapping_add(1);
         let frame = encode_request(ApiKey::Fetch, FETCH_VERSION, correlation_id, &request)?;
@@ -747,6 +819,10 @@ async fn run_consumer(
             })?;
         let response: FetchResponse =
             decode_response(frame, ApiKey::Fetch, FETCH_VERSION, correlation_id)?;
+        if !session.answered(&response, &listed, &offsets) {
+            // The session is gone or out of step: start a new one at once.
+            continue;
+        }
         let received_at = Instant::now();
         let now_ns = ctx.state.now_ns();
         let in_window = ctx.state.is_measured(received_at);

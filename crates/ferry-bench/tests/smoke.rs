@@ -40,7 +40,7 @@ fn assert_complete(report: &Report, target: &str) {
     assert_eq!(v.checks.in_order, v.sent);
     assert_eq!(v.missing, 0);
     assert_eq!(report.produce_errors, 0);
-    assert!(report.end_to_end_latency.count > 0);
+    assert!(report.end_to_end_latency.count > 0, "{}", report.render());
     assert!(report.publish_latency.count > 0);
     assert!(report.end_to_end_latency.p50_us <= report.end_to_end_latency.max_us);
     let json = serde_json::to_value(report).expect("report serialises");

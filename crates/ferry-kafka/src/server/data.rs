@@ -300,22 +300,7 @@ pub(super) async fn fetch(session: &Session, request: FetchRequest, version: i16
             let wanted = fetch.lock().wanted();
             let fetched = read_partitions(session, &request, &wanted).await;
             let answers = fetch.lock().answer(wanted, fetched);
-            // Consecutive partitions of a topic share its entry; a topic may come back
-            // later in the session order, as in Kafka.
-            let mut responses: Vec<FetchableTopicResponse> = Vec::new();
-            for (asked, fetched) in answers {
-                let data = partition_data(asked.partition as i32, fetched, read_committed);
-                match responses.last_mut() {
-                    Some(last) if last.topic.as_str() == &*asked.topic => {
-                        last.partitions.push(data)
-                    }
-                    _ => responses.push(
-                        FetchableTopicResponse::default()
-                            .with_topic(TopicName(StrBytes::from_string(asked.topic.to_string())))
-                            .with_partitions(vec![data]),
-                    ),
-                }
-            }
+            let responses = fetch_responses(answers, read_committed);
             FetchResponse::default()
                 .with_session_id(id)
                 .with_responses(responses)
@@ -409,6 +394,28 @@ async fn read_partitions(
         );
     }
     fetched
+}
+
+/// The topic entries of a fetch response answering `answers`, in their order: consecutive
+/// partitions of a topic share its entry, and a topic may come back later (as in Kafka's
+/// incremental responses, which follow the session's order).
+pub fn fetch_responses(
+    answers: Vec<(FetchPartition, FetchedPartition)>,
+    read_committed: bool,
+) -> Vec<FetchableTopicResponse> {
+    let mut responses: Vec<FetchableTopicResponse> = Vec::new();
+    for (asked, fetched) in answers {
+        let data = partition_data(asked.partition as i32, fetched, read_committed);
+        match responses.last_mut() {
+            Some(last) if last.topic.as_str() == &*asked.topic => last.partitions.push(data),
+            _ => responses.push(
+                FetchableTopicResponse::default()
+                    .with_topic(TopicName(StrBytes::from_string(asked.topic.to_string())))
+                    .with_partitions(vec![data]),
+            ),
+        }
+    }
+    responses
 }
 
 /// One partition's entry of a fetch response.

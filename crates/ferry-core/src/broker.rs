@@ -123,6 +123,30 @@ pub struct ProduceResult {
     pub log_start_offset: i64,
 }
 
+/// Looks partitions up by topic name and index, keeping the last topic found: a request
+/// that lists a topic's partitions together (as fetches over thousands of them do) costs
+/// one topic lookup per run of them.
+struct PartitionResolver<'a> {
+    broker: &'a Broker,
+    last: Option<Arc<Topic>>,
+}
+
+impl<'a> PartitionResolver<'a> {
+    fn new(broker: &'a Broker) -> Self {
+        PartitionResolver { broker, last: None }
+    }
+
+    /// Partition `partition` of `topic`, with the topic, if both exist.
+    fn find(&mut self, topic: &str, partition: u32) -> Option<(&Arc<Topic>, Arc<Partition>)> {
+        if self.last.as_ref().is_none_or(|t| *t.info.name != *topic) {
+            self.last = self.broker.topics.read().get(topic).cloned();
+        }
+        let found = self.last.as_ref()?;
+        let partition = found.partitions.get(partition as usize).cloned()?;
+        Some((found, partition))
+    }
+}
+
 /// One partition of a fetch request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FetchPartition {
@@ -910,20 +934,10 @@ impl Broker {
         max_bytes: u32,
     ) -> Vec<FetchedPartition> {
         let deadline = tokio::time::Instant::now() + max_wait;
-        // Requests list a topic's partitions together: one topic lookup per run of them.
-        let mut topic: Option<Arc<Topic>> = None;
+        let mut resolver = PartitionResolver::new(self);
         let targets: Vec<Option<Arc<Partition>>> = partitions
             .iter()
-            .map(|p| {
-                if topic.as_ref().is_none_or(|t| *t.info.name != *p.topic) {
-                    topic = self.topics.read().get(&*p.topic).cloned();
-                }
-                topic
-                    .as_ref()?
-                    .partitions
-                    .get(p.partition as usize)
-                    .cloned()
-            })
+            .map(|p| resolver.find(&p.topic, p.partition).map(|(_, found)| found))
             .collect();
         let mut stop = self.stop.subscribe();
         // Registered with the partitions only once a fetch has to wait: a fetch over
@@ -1101,7 +1115,6 @@ impl Broker {
         Ok(guard)
     }
 
-    /// A live partition with its topic.
     /// The storage engine (queues keep their logs on it).
     #[cfg(test)]
     pub(crate) fn queue_store(&self) -> &Arc<Store> {
@@ -1113,10 +1126,11 @@ impl Broker {
         self.find_partition(name, 0).map(|(_, partition)| partition)
     }
 
+    /// A live partition with its topic.
     fn find_partition(&self, topic: &str, partition: u32) -> Option<(Arc<Topic>, Arc<Partition>)> {
-        let topic = self.topics.read().get(topic).cloned()?;
-        let partition = topic.partitions.get(partition as usize).cloned()?;
-        Some((topic, partition))
+        PartitionResolver::new(self)
+            .find(topic, partition)
+            .map(|(topic, found)| (topic.clone(), found))
     }
 
     /// Partition `partition` of `topic`, or `UnknownTopicOrPartition`.

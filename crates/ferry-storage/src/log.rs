@@ -256,6 +256,14 @@ struct LogState {
     pending_log_start: Option<i64>,
 }
 
+impl LogState {
+    /// Offset below which records are committed: the log end on a single node. The one
+    /// place that says so, for when replication makes them differ.
+    fn high_watermark(&self) -> i64 {
+        self.log_end
+    }
+}
+
 /// A closed segment's log file and an index hint `(offset, position)` into it.
 type ClosedHint = (Arc<File>, (i64, u64));
 
@@ -1147,8 +1155,7 @@ impl PartitionLog {
     /// partition it is asked for.
     pub fn offsets(&self) -> (i64, i64, i64) {
         let st = self.state.read();
-        // The high watermark equals the log end on a single node (see `high_watermark`).
-        (st.log_start, st.log_end, st.log_end)
+        (st.log_start, st.high_watermark(), st.log_end)
     }
 
     /// First offset still stored.
@@ -1159,9 +1166,9 @@ impl PartitionLog {
     pub fn log_end_offset(&self) -> i64 {
         self.state.read().log_end
     }
-    /// Offset below which records are committed; equal to the log end on a single node.
+    /// Offset below which records are committed.
     pub fn high_watermark(&self) -> i64 {
-        self.state.read().log_end
+        self.state.read().high_watermark()
     }
 
     /// The segments as (base, end offset, closed segment or active) for searches.

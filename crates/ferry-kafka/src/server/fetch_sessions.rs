@@ -192,13 +192,27 @@ impl FetchSession {
     ) -> Vec<(FetchPartition, FetchedPartition)> {
         let mut any_served = false;
         let mut answers = Vec::new();
-        for (asked, fetched) in wanted.into_iter().zip(fetched) {
-            let key = PartitionRef {
-                topic: &asked.topic,
-                partition: asked.partition as i32,
-            };
-            let Some(cached) = self.partitions.get_mut(&key) else {
-                continue;
+        for (position, (asked, fetched)) in wanted.into_iter().zip(fetched).enumerate() {
+            // `wanted` lists the session in its order, sharing its topic names: the entry at
+            // the same position is the one, unless another request changed the session in
+            // between. Only then is the partition looked up by name.
+            let cached = match self.partitions.get_index_mut(position) {
+                Some((key, cached))
+                    if key.partition == asked.partition as i32
+                        && Arc::ptr_eq(&key.topic, &asked.topic) =>
+                {
+                    cached
+                }
+                _ => {
+                    let key = PartitionRef {
+                        topic: &asked.topic,
+                        partition: asked.partition as i32,
+                    };
+                    let Some(cached) = self.partitions.get_mut(&key) else {
+                        continue;
+                    };
+                    cached
+                }
             };
             if cached.note_answer(&fetched) {
                 cached.served = !fetched.records.is_empty();
@@ -605,6 +619,31 @@ mod tests {
         );
         let answered: Vec<u32> = answers.iter().map(|(p, _)| p.partition).collect();
         assert_eq!(answered, vec![3]);
+    }
+
+    #[test]
+    fn answers_follow_the_partitions_when_the_session_changed_in_between() {
+        let cache = FetchSessionCache::new(10, 100);
+        let id = started(&cache, 3);
+        let session = incremental(&cache, &request(id, 1, vec![])).unwrap();
+        let wanted = session.lock().wanted();
+        // Another request forgets partition 0 while this one reads.
+        let forget_first =
+            request(id, 2, vec![]).with_forgotten_topics_data(vec![forget("t", &[0])]);
+        incremental(&cache, &forget_first).unwrap();
+        let answers = session.lock().answer(
+            wanted,
+            vec![fetched(6, b"a"), fetched(5, b""), fetched(7, b"")],
+        );
+        let answered: Vec<u32> = answers.iter().map(|(p, _)| p.partition).collect();
+        assert_eq!(answered, vec![2], "partition 0 is gone, 1 has no news");
+        let order: Vec<u32> = session
+            .lock()
+            .wanted()
+            .iter()
+            .map(|p| p.partition)
+            .collect();
+        assert_eq!(order, vec![1, 2]);
     }
 
     #[test]

@@ -468,6 +468,15 @@ mod tests {
         }
     }
 
+    /// The core's answer for a partition that no longer exists.
+    fn gone() -> FetchedPartition {
+        FetchedPartition {
+            error: Some(CoreError::UnknownTopicOrPartition),
+            log_start_offset: -1,
+            ..fetched(-1, b"")
+        }
+    }
+
     fn asked(topic: &str, partition: u32, offset: i64) -> FetchPartition {
         FetchPartition {
             topic: Arc::from(topic),
@@ -597,12 +606,14 @@ mod tests {
         let mut session = session.lock();
         let wanted = session.wanted();
         // p0: records; p1: nothing new; p2: high watermark moved; p3: an error.
-        let mut gone = fetched(-1, b"");
-        gone.error = Some(CoreError::UnknownTopicOrPartition);
-        gone.log_start_offset = -1;
         let answers = session.answer(
             wanted,
-            vec![fetched(6, b"batch"), fetched(5, b""), fetched(9, b""), gone],
+            vec![
+                fetched(6, b"batch"),
+                fetched(5, b""),
+                fetched(9, b""),
+                gone(),
+            ],
         );
         let answered: Vec<u32> = answers.iter().map(|(p, _)| p.partition).collect();
         assert_eq!(answered, vec![0, 2, 3]);
@@ -610,12 +621,9 @@ mod tests {
         assert_eq!(order, vec![1, 2, 3, 0]);
         // The same offsets again are no news, except the error.
         let wanted = session.wanted();
-        let mut gone = fetched(-1, b"");
-        gone.error = Some(CoreError::UnknownTopicOrPartition);
-        gone.log_start_offset = -1;
         let answers = session.answer(
             wanted,
-            vec![fetched(5, b""), fetched(9, b""), gone, fetched(6, b"")],
+            vec![fetched(5, b""), fetched(9, b""), gone(), fetched(6, b"")],
         );
         let answered: Vec<u32> = answers.iter().map(|(p, _)| p.partition).collect();
         assert_eq!(answered, vec![3]);

@@ -722,11 +722,7 @@ impl FetchSession {
             return true;
         }
         self.id = response.session_id;
-        self.epoch = if self.epoch == i32::MAX {
-            1
-        } else {
-            self.epoch + 1
-        };
+        self.epoch = ferry_kafka::server::next_epoch(self.epoch);
         for &i in listed {
             self.held[i] = offsets[i];
         }

@@ -412,7 +412,7 @@ impl CacheState {
 }
 
 /// The epoch after `epoch`; after the largest comes 1 (0 means "new session").
-fn next_epoch(epoch: i32) -> i32 {
+pub fn next_epoch(epoch: i32) -> i32 {
     if epoch == i32::MAX {
         1
     } else {

@@ -758,7 +758,7 @@ impl Channel {
             stream_start,
         })?;
         let stop = Arc::new(Notify::new());
-        {
+        let reserved = {
             let mut state = self.shared.state.lock();
             state.book.add_consumer(tag.clone(), self.consumer_prefetch);
             state.consumers.insert(
@@ -770,6 +770,12 @@ impl Channel {
                     task: None,
                 },
             );
+            !c.no_ack && state.book.try_reserve(&tag)
+        };
+        // A consumer with credit waits for messages from before its consume-ok: a client
+        // may publish as soon as it sees consume-ok, before the consumer task runs.
+        if c.no_ack || reserved {
+            queue.mark_ready(&consumer);
         }
         // consume-ok goes out before the first delivery: both go through the one queue.
         self.consume_ok(ctx, &tag, c.nowait).await?;
@@ -782,6 +788,7 @@ impl Channel {
             consumer,
             tag: tag.clone(),
             no_ack: c.no_ack,
+            reserved,
             stop,
             timeout_ms: timeout,
         }));
@@ -1349,14 +1356,17 @@ struct ConsumerTask {
     consumer: Arc<Consumer>,
     tag: Arc<str>,
     no_ack: bool,
+    /// Credit for the first delivery was reserved at `basic.consume`.
+    reserved: bool,
     stop: Arc<Notify>,
     timeout_ms: u64,
 }
 
 /// Delivers one consumer's messages while it has credit, until stopped.
 async fn consumer_task(t: ConsumerTask) {
+    let mut reserved = t.reserved;
     loop {
-        if !t.no_ack {
+        if !t.no_ack && !std::mem::take(&mut reserved) {
             loop {
                 let freed = t.shared.credit.notified();
                 tokio::pin!(freed);

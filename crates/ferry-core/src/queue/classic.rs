@@ -905,6 +905,39 @@ impl Classic {
         self.persist(&mut st, now, false);
     }
 
+    /// Registers consumer `id` as waiting for a delivery unless one is already in its
+    /// mailbox, and hands it a ready message if there is one. `None` when the consumer is
+    /// gone; otherwise its position.
+    fn wait_for_delivery(
+        &self,
+        st: &mut State,
+        settings: &QueueSettings,
+        id: u64,
+        now: i64,
+        dead: &mut DeadLetters,
+    ) -> Option<usize> {
+        let pos = st.consumers.iter().position(|s| s.id == id)?;
+        if st.consumers[pos].mailbox.is_none() {
+            if st.consumers[pos].waiting.is_none() {
+                st.next_seq += 1;
+                st.consumers[pos].waiting = Some(st.next_seq);
+            }
+            if let Err(e) = self.dispatch(st, settings, now, dead) {
+                tracing::warn!("queue dispatch failed: {e}");
+            }
+        }
+        Some(pos)
+    }
+
+    /// Consumer `id` has credit for a delivery: from now on a message is offered to it as
+    /// it is enqueued, even before its delivery task asks (`next_delivery`). A consumer
+    /// that is ready when `basic.consume-ok` goes out must get a message published right
+    /// after it, `x-message-ttl: 0` included.
+    pub fn mark_ready(&self, settings: &QueueSettings, id: u64, now: i64, dead: &mut DeadLetters) {
+        let mut st = self.state.lock();
+        self.wait_for_delivery(&mut st, settings, id, now, dead);
+    }
+
     /// The delivery waiting for consumer `id`, registering it as waiting if there is none.
     /// `Err` when the consumer is gone.
     pub fn poll_delivery(
@@ -915,18 +948,9 @@ impl Classic {
         dead: &mut DeadLetters,
     ) -> Result<Option<Delivery>, ConsumerEnd> {
         let mut st = self.state.lock();
-        let Some(pos) = st.consumers.iter().position(|s| s.id == id) else {
+        let Some(pos) = self.wait_for_delivery(&mut st, settings, id, now, dead) else {
             return Err(ConsumerEnd::QueueDeleted);
         };
-        if st.consumers[pos].mailbox.is_none() {
-            if st.consumers[pos].waiting.is_none() {
-                st.next_seq += 1;
-                st.consumers[pos].waiting = Some(st.next_seq);
-            }
-            if let Err(e) = self.dispatch(&mut st, settings, now, dead) {
-                tracing::warn!("queue dispatch failed: {e}");
-            }
-        }
         let slot = &mut st.consumers[pos];
         let no_ack = slot.no_ack;
         let Some(delivery) = slot.mailbox.take() else {

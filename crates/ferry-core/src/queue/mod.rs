@@ -521,6 +521,18 @@ impl Queue {
         }))
     }
 
+    /// `consumer` has credit for a delivery from now on, before its first `next_delivery`:
+    /// a message enqueued meanwhile is offered to it (and waits for `next_delivery` to take
+    /// it) rather than being missed, or expiring at `x-message-ttl: 0`. The caller keeps
+    /// the credit for that first `next_delivery`.
+    pub fn mark_ready(&self, consumer: &Consumer) {
+        if let Engine::Classic(classic) = &self.engine {
+            let mut dead = Vec::new();
+            classic.mark_ready(&self.settings, consumer.id, now_ms(), &mut dead);
+            self.send_dead_letters(dead);
+        }
+    }
+
     /// Waits for the next message for `consumer` (honouring single-active-consumer,
     /// consumer priority and round-robin between consumers). `Err(end)` when the consumer's
     /// deliveries are over. The caller only asks when it has prefetch credit.

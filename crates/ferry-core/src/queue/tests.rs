@@ -335,6 +335,31 @@ async fn zero_ttl_delivers_only_to_a_waiting_consumer() {
 }
 
 #[tokio::test]
+async fn zero_ttl_reaches_a_ready_consumer_before_it_asks() {
+    let fx = Fixture::new();
+    let q = fx.queue(false, &[("x-message-ttl", FieldValue::I32(0))]);
+    // basic.consume with credit: ready at once, its delivery task not yet running.
+    let ready = q.add_consumer(spec("ready")).expect("ready");
+    q.mark_ready(&ready);
+    put(&q, &msg("published right after consume-ok"));
+    assert_eq!(
+        body(&within(q.next_delivery(&ready)).await.expect("delivery")),
+        "published right after consume-ok"
+    );
+    // Without credit at consume time a consumer is not ready, and the message expires.
+    let fx = Fixture::new();
+    let q = fx.queue(false, &[("x-message-ttl", FieldValue::I32(0))]);
+    let idle = q.add_consumer(spec("idle")).expect("idle");
+    put(&q, &msg("expires"));
+    wait_until(|| q.message_count() == 0).await;
+    let (qq, cc) = (q.clone(), idle.clone());
+    let late = tokio::spawn(async move { qq.next_delivery(&cc).await.map(|d| body(&d)) });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!late.is_finished(), "an expired message was delivered");
+    late.abort();
+}
+
+#[tokio::test]
 async fn quorum_delivery_count_and_limit() {
     let fx = Fixture::new();
     let q = fx.queue(

@@ -26,15 +26,32 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
 
+/// Makes everything written to the filesystem holding `dir` durable (data, metadata and
+/// directory entries of every file) with one `syncfs`: a single journal commit, where an
+/// fsync per file would commit once per file.
+pub(crate) fn sync_filesystem(dir: &Path) -> Result<()> {
+    let handle = File::open(dir).at(dir)?;
+    rustix::fs::syncfs(&handle)
+        .map_err(std::io::Error::from)
+        .at(dir)
+}
+
+/// Writes `bytes` to the temporary sibling of `path` ([`tmp_path`]), fsynced if `sync`.
+/// Renaming it over `path` completes the replacement (see [`write_atomic`]).
+pub(crate) fn write_tmp(path: &Path, bytes: &[u8], sync: bool) -> Result<std::path::PathBuf> {
+    let tmp = tmp_path(path);
+    let mut file = File::create(&tmp).at(&tmp)?;
+    file.write_all(bytes).at(&tmp)?;
+    if sync {
+        file.sync_all().at(&tmp)?;
+    }
+    Ok(tmp)
+}
+
 /// Replaces `path` with `bytes` atomically and durably: write a temporary file, fsync it,
 /// rename it over `path`, fsync the directory. A crash leaves the old or the new content.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path);
-    {
-        let mut file = File::create(&tmp).at(&tmp)?;
-        file.write_all(bytes).at(&tmp)?;
-        file.sync_all().at(&tmp)?;
-    }
+    let tmp = write_tmp(path, bytes, true)?;
     std::fs::rename(&tmp, path).at(path)?;
     if let Some(dir) = path.parent() {
         fsync_dir(dir)?;

@@ -13,8 +13,8 @@
 //! ```
 //!
 //! Two background threads serve every log, whatever their number: the *flusher* fsyncs
-//! `Async` logs when their interval or size is due and writes a checkpoint every
-//! `checkpoint_interval_ms`; the *group committer* fsyncs the journal. A checkpoint
+//! `Async` logs when their interval or size is due (with many due at once, all dirty logs
+//! together through `syncfs`) and writes a checkpoint every `checkpoint_interval_ms`; the *group committer* fsyncs the journal. A checkpoint
 //! flushes every dirty log, then atomically replaces `checkpoint.json` with each log's
 //! recovery point (the flushed end) and the journal position read before the flushes,
 //! then deletes journal files wholly before that position.
@@ -39,7 +39,9 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::{fsync_dir, now_ms, remove_file_if_exists, write_atomic, IoContext};
+use crate::fsutil::{
+    fsync_dir, now_ms, remove_file_if_exists, sync_filesystem, write_atomic, IoContext,
+};
 use crate::journal::{self, EntryKind, Journal, JOURNAL_DIR};
 use crate::log::RecoveryPoint;
 use crate::{LogConfig, PartitionLog, Result, StorageError};
@@ -59,6 +61,12 @@ const DELETED_SUFFIX: &str = ".deleted";
 const JOURNAL_SEGMENTS_PER_CHECKPOINT: u64 = 4;
 /// How often the flusher looks for due flushes when nothing wakes it earlier.
 const FLUSHER_TICK_MS: u64 = 50;
+/// Default for [`StoreConfig::group_flush_min_logs`].
+const DEFAULT_GROUP_FLUSH_MIN_LOGS: usize = 8;
+/// New index entries a log needs before a group flush writes them (256 KiB of log at the
+/// default 4 KiB index interval): at most this much of each log is walked again to
+/// rebuild its index after a crash. A clean shutdown writes them all.
+const GROUP_FLUSH_INDEX_MIN_ENTRIES: usize = 64;
 /// Most closed-segment files kept open at once across all logs.
 const OPEN_FILES_MAX: usize = 512;
 /// Longest topic name accepted as a directory name (Kafka's limit).
@@ -121,6 +129,11 @@ pub struct StoreConfig {
     pub journal_segment_bytes_max: u64,
     /// How often logs are flushed and the checkpoint advanced (lets old journal files go).
     pub checkpoint_interval_ms: u64,
+    /// Logs to flush at once from which two filesystem syncs replace the fsyncs of each
+    /// log ([`PartitionLog::flush_group`]). Below it, fsyncing each log touches nothing
+    /// else on the filesystem; from it on, a journal commit per fsync costs more than a
+    /// `syncfs` that also writes back whatever else is dirty on that filesystem.
+    pub group_flush_min_logs: usize,
 }
 
 impl StoreConfig {
@@ -130,6 +143,7 @@ impl StoreConfig {
             data_dir: data_dir.into(),
             journal_segment_bytes_max: 256 << 20,
             checkpoint_interval_ms: DEFAULT_CHECKPOINT_INTERVAL_MS,
+            group_flush_min_logs: DEFAULT_GROUP_FLUSH_MIN_LOGS,
         }
     }
 }
@@ -270,6 +284,16 @@ impl StoreShared {
             fsync_dir(&self.config.data_dir)?;
             *synced = generation;
         }
+        Ok(())
+    }
+
+    /// Makes everything written under the data directory durable with one filesystem
+    /// sync ([`sync_filesystem`]), the data directory's entries included.
+    pub(crate) fn sync_all(&self) -> Result<()> {
+        let mut synced = self.data_dir_synced.lock();
+        let generation = self.data_dir_generation.load(Ordering::Acquire);
+        sync_filesystem(&self.config.data_dir)?;
+        *synced = (*synced).max(generation);
         Ok(())
     }
 
@@ -768,9 +792,23 @@ fn flusher_loop(shared: &StoreShared, registry: &Registry) {
             .filter(|log| log.needs_async_flush(now))
             .cloned()
             .collect();
-        for log in due {
-            if let Err(e) = log.flush() {
-                tracing::warn!(log = %log.id(), "flush failed: {e}");
+        if due.len() >= shared.config.group_flush_min_logs {
+            // The filesystem syncs cover every log: flush all the dirty ones with them, so
+            // that they are not due again one by one in the next ticks.
+            let dirty: Vec<Arc<PartitionLog>> = registry
+                .all()
+                .into_iter()
+                .filter(|log| log.is_dirty())
+                .collect();
+            if let Err(e) = PartitionLog::flush_group(shared, &dirty, GROUP_FLUSH_INDEX_MIN_ENTRIES)
+            {
+                tracing::warn!("flush of {} logs failed: {e}", dirty.len());
+            }
+        } else {
+            for log in due {
+                if let Err(e) = log.flush() {
+                    tracing::warn!(log = %log.id(), "flush failed: {e}");
+                }
             }
         }
         let journal_full = shared
@@ -796,16 +834,44 @@ fn checkpoint_now(shared: &StoreShared, registry: &Registry, clean: bool) -> Res
     // Read the journal position first: each entry before it was written to its log
     // before it was journaled, so the flushes below cover it.
     let journal_position = shared.journal.written();
-    let mut logs = Vec::new();
-    for log in registry.all() {
-        // An append that journaled before `journal_position` may still be publishing:
-        // let it finish so that the flush below sees (and covers) it.
+    let all = registry.all();
+    // An append that journaled before `journal_position` may still be publishing: let it
+    // finish so that the flush below sees (and covers) it.
+    for log in &all {
         log.quiesce();
-        let point = if log.is_dirty() {
-            log.flush_inner()?
+    }
+    // A clean shutdown also writes the index entries that group flushes left for later,
+    // so that the restart walks no log.
+    let dirty: Vec<bool> = all
+        .iter()
+        .map(|log| log.is_dirty() || (clean && log.index_pending()))
+        .collect();
+    let to_flush: Vec<Arc<PartitionLog>> = all
+        .iter()
+        .zip(&dirty)
+        .filter(|(_, dirty)| **dirty)
+        .map(|(log, _)| log.clone())
+        .collect();
+    let mut flushed = if to_flush.len() >= shared.config.group_flush_min_logs {
+        let index_min_entries = if clean {
+            0
         } else {
-            log.recovery_point()
+            GROUP_FLUSH_INDEX_MIN_ENTRIES
         };
+        PartitionLog::flush_group(shared, &to_flush, index_min_entries)?
+    } else {
+        to_flush
+            .iter()
+            .map(|log| log.flush_inner())
+            .collect::<Result<Vec<_>>>()?
+    }
+    .into_iter();
+    let mut logs = Vec::new();
+    for (log, dirty) in all.iter().zip(dirty) {
+        let point = dirty
+            .then(|| flushed.next())
+            .flatten()
+            .unwrap_or_else(|| log.recovery_point());
         logs.push(LogCheckpoint {
             name: log.id().to_string(),
             incarnation: log.incarnation(),

@@ -63,6 +63,8 @@ fn open(
         data_dir: dir.to_path_buf(),
         journal_segment_bytes_max: rng.random_range(500..5000),
         checkpoint_interval_ms: if rng.random_bool(0.5) { 3 } else { 3_600_000 },
+        // Flushes one log at a time, or every flush through the filesystem-wide syncs.
+        group_flush_min_logs: if rng.random_bool(0.5) { 1 } else { usize::MAX },
     })
     .expect("store opens");
     let baseline = file_lengths(dir);

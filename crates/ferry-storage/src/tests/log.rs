@@ -5,7 +5,7 @@ use bytes::Bytes;
 use super::{id, make_batch, open_store, read_all, small_config, wait};
 use crate::batch::{split_batches, BatchHeader};
 use crate::segment::SegmentPaths;
-use crate::{FlushPolicy, LogConfig, StorageError};
+use crate::{FlushPolicy, LogConfig, StorageError, Store, StoreConfig};
 
 const ASYNC: FlushPolicy = FlushPolicy::Async {
     interval_ms: 10,
@@ -836,4 +836,60 @@ fn a_data_directory_is_opened_by_one_store_at_a_time() {
     drop(store);
     let reopened = open_store(dir.path());
     reopened.shutdown().expect("shutdown");
+}
+
+#[test]
+fn the_flusher_flushes_many_due_logs_together() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Every flush the flusher makes goes through the filesystem-wide syncs; checkpoints
+    // (which would flush too) do not come during the test.
+    let store = Store::open(StoreConfig {
+        group_flush_min_logs: 1,
+        checkpoint_interval_ms: 3_600_000,
+        ..StoreConfig::new(dir.path())
+    })
+    .expect("store opens");
+    let config = small_config(FlushPolicy::Async {
+        interval_ms: 1,
+        bytes: u64::MAX,
+    });
+    let logs: Vec<_> = (0..12)
+        .map(|p| store.open_log(&id("many", p), config.clone()).expect("log"))
+        .collect();
+    // Enough per log to roll segments (4 KiB each), so closed segments are flushed too.
+    for round in 0..16 {
+        for log in &logs {
+            log.append(make_batch(3, 300, round), 0, 0).expect("append");
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while logs.iter().any(|log| log.is_dirty()) {
+        assert!(std::time::Instant::now() < deadline, "logs still dirty");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let expected: Vec<_> = logs.iter().map(|log| read_all(log)).collect();
+    let synced = store.simulate_crash();
+    // A crash keeps what was synced and no more.
+    for log in &logs {
+        for entry in std::fs::read_dir(log.dir()).expect("log dir").flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let len = entry.metadata().expect("stat").len();
+                let keep = synced.get(&path).copied().unwrap_or(0);
+                assert_eq!(keep, len, "{} synced in full", path.display());
+            }
+        }
+        assert!(synced.contains_key(&log.dir().join("meta.json")));
+    }
+    drop(logs);
+    drop(store);
+    let store = open_store(dir.path());
+    for (p, expected) in expected.iter().enumerate() {
+        let log = store
+            .open_log(&id("many", p as u32), config.clone())
+            .expect("log");
+        // Three files per closed segment: at least two closed segments.
+        assert!(log.closed_paths().len() >= 6, "segments rolled");
+        assert_eq!(&read_all(&log), expected);
+    }
 }

@@ -1658,8 +1658,7 @@ impl PartitionLog {
                     log.created_durable.store(true, Ordering::Release);
                     for seg in &pending.s.unsynced_closed {
                         for path in [&seg.paths.log, &seg.paths.index, &seg.paths.time_index] {
-                            let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-                            store.note_synced(path, len);
+                            store.note_synced_whole(path);
                         }
                     }
                     log.finish_flush(pending)

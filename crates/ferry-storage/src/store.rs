@@ -306,6 +306,14 @@ impl StoreShared {
         let _ = bytes;
     }
 
+    /// Records that all of `path` is on stable storage (test seam: no `stat` otherwise).
+    pub(crate) fn note_synced_whole(&self, path: &Path) {
+        #[cfg(test)]
+        self.note_synced(path, std::fs::metadata(path).map(|m| m.len()).unwrap_or(0));
+        #[cfg(not(test))]
+        let _ = path;
+    }
+
     /// Records that the first `len` bytes of `path` are on stable storage (test seam).
     pub(crate) fn note_synced(&self, path: &Path, len: u64) {
         #[cfg(test)]

@@ -327,11 +327,7 @@ async fn zero_ttl_delivers_only_to_a_waiting_consumer() {
     // No consumer waits now: expired at once, a get right after the publish finds nothing.
     assert!(q.get(false).expect("get").is_none());
     wait_until(|| q.message_count() == 0).await;
-    let (qq, cc) = (q.clone(), c.clone());
-    let late = tokio::spawn(async move { qq.next_delivery(&cc).await.map(|d| body(&d)) });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(!late.is_finished(), "an expired message was delivered");
-    late.abort();
+    assert_nothing_delivered(&q, &c).await;
 }
 
 #[tokio::test]
@@ -352,7 +348,12 @@ async fn zero_ttl_reaches_a_ready_consumer_before_it_asks() {
     let idle = q.add_consumer(spec("idle")).expect("idle");
     put(&q, &msg("expires"));
     wait_until(|| q.message_count() == 0).await;
-    let (qq, cc) = (q.clone(), idle.clone());
+    assert_nothing_delivered(&q, &idle).await;
+}
+
+/// Asserts that `consumer` is handed nothing within 50 ms (its messages expired).
+async fn assert_nothing_delivered(q: &Arc<Queue>, consumer: &Arc<Consumer>) {
+    let (qq, cc) = (q.clone(), consumer.clone());
     let late = tokio::spawn(async move { qq.next_delivery(&cc).await.map(|d| body(&d)) });
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!late.is_finished(), "an expired message was delivered");

@@ -15,9 +15,10 @@
 //! Two background threads serve every log, whatever their number: the *flusher* fsyncs
 //! `Async` logs when their interval or size is due (with many due at once, all dirty logs
 //! together through `syncfs`) and writes a checkpoint every `checkpoint_interval_ms`; the
-//! *group committer* fsyncs the journal. A checkpoint flushes every dirty log, then atomically replaces `checkpoint.json` with each log's
-//! recovery point (the flushed end) and the journal position read before the flushes,
-//! then deletes journal files wholly before that position.
+//! *group committer* fsyncs the journal. A checkpoint flushes every dirty log, then
+//! atomically replaces `checkpoint.json` with each log's recovery point (the flushed end)
+//! and the journal position read before the flushes, then deletes journal files wholly
+//! before that position.
 //!
 //! `Store::open` recovers: each log is walked from its recovery point (torn tail
 //! truncated, CRCs verified, indexes rebuilt for the walked part; after a clean shutdown

@@ -404,25 +404,34 @@ async fn fetch(shared: &Shared, request: &FetchRequest, version: i16) -> FetchRe
                 .with_session_id(NO_SESSION)
         }
     };
-    let wanted: Vec<FetchPartition> = match &context {
-        FetchContext::Full { .. } => request
-            .topics
-            .iter()
-            .flat_map(|topic| {
-                let name: Arc<str> = Arc::from(topic.topic.as_str());
-                topic
-                    .partitions
-                    .iter()
-                    .filter(|p| p.partition >= 0)
-                    .map(move |p| FetchPartition {
-                        topic: name.clone(),
-                        partition: p.partition as u32,
-                        offset: p.fetch_offset,
-                        max_bytes: p.partition_max_bytes.max(1) as u32,
-                    })
-            })
-            .collect(),
-        FetchContext::Incremental { session, .. } => session.lock().wanted(),
+    // The baseline holds no partitions to watch, so an incremental pass reads every
+    // partition of the session, as Ferry did before sessions watched their partitions.
+    let mut pass = None;
+    let mut listed: Vec<FetchPartition> = Vec::new();
+    let wanted: &[FetchPartition] = match &context {
+        FetchContext::Full { .. } => {
+            listed = request
+                .topics
+                .iter()
+                .flat_map(|topic| {
+                    let name: Arc<str> = Arc::from(topic.topic.as_str());
+                    topic
+                        .partitions
+                        .iter()
+                        .filter(|p| p.partition >= 0)
+                        .map(move |p| FetchPartition {
+                            topic: name.clone(),
+                            partition: p.partition as u32,
+                            offset: p.fetch_offset,
+                            max_bytes: p.partition_max_bytes.max(1) as u32,
+                        })
+                })
+                .collect();
+            &listed
+        }
+        FetchContext::Incremental { session, .. } => {
+            &pass.insert(session.lock().plan(|_, _| None)).wanted
+        }
     };
     let wait = Duration::from_millis(request.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MAX);
     let deadline = Instant::now() + wait;
@@ -430,7 +439,7 @@ async fn fetch(shared: &Shared, request: &FetchRequest, version: i16) -> FetchRe
     let fetched = loop {
         // Registered before looking, so that an append in between is not missed.
         let appended = shared.appended.notified();
-        let (fetched, bytes) = read_rings(shared, &wanted, max_bytes);
+        let (fetched, bytes) = read_rings(shared, wanted, max_bytes);
         shared.fetched.notify_waiters();
         let now = Instant::now();
         if bytes > 0 || now >= deadline {
@@ -440,7 +449,7 @@ async fn fetch(shared: &Shared, request: &FetchRequest, version: i16) -> FetchRe
     };
     let (id, answers) = match context {
         FetchContext::Full { create } => {
-            let answered: Vec<_> = wanted.into_iter().zip(fetched).collect();
+            let answered: Vec<_> = listed.into_iter().zip(fetched).collect();
             let id = if create {
                 shared.sessions.create(&answered)
             } else {
@@ -448,7 +457,10 @@ async fn fetch(shared: &Shared, request: &FetchRequest, version: i16) -> FetchRe
             };
             (id, answered)
         }
-        FetchContext::Incremental { id, session } => (id, session.lock().answer(wanted, fetched)),
+        FetchContext::Incremental { id, session } => {
+            let pass = pass.expect("an incremental fetch planned a pass");
+            (id, session.lock().answer(pass, fetched))
+        }
     };
     FetchResponse::default()
         .with_session_id(id)

@@ -33,6 +33,7 @@ use crate::producer::{
     last_sequence, IdempotentBatch, ProducerIdAllocator, PRODUCER_STATE_EXPIRY_MS,
 };
 use crate::topic::{collision_key, is_internal_name, validate_topic_name, Topic};
+use crate::watch::{ChangeSignal, PartitionHandle, PartitionWatch};
 use crate::{
     ConfigEntry, ConfigOp, CoreError, GroupCoordinator, GroupSettings, Result, TopicConfig,
     TopicInfo,
@@ -274,27 +275,46 @@ impl Drop for InflightGuard<'_> {
     }
 }
 
-/// A fetch's registration with the partitions it waits on; unregisters when dropped.
-struct FetchWaiter {
-    waiter: Arc<Notify>,
-    partitions: Vec<Arc<Partition>>,
+/// What a fetch reads on each pass. [`Broker::fetch`] reads a fixed list; a Kafka fetch
+/// session reads those of its partitions that may have news.
+pub trait FetchPlan {
+    /// The partitions to read in the next pass, in answer order, each with its handle
+    /// (`None`: no such partition).
+    fn next_pass(&mut self) -> (&[FetchPartition], &[Option<PartitionHandle>]);
+
+    /// The wake-up for changes to the partitions the plan reads. Asked once, when the
+    /// fetch first has to wait; the fetch then reads once more, so a plan may start
+    /// watching its partitions here.
+    fn signal(&mut self) -> ChangeSignal;
 }
 
-impl FetchWaiter {
-    fn register(partitions: Vec<Arc<Partition>>) -> Self {
-        let waiter = Arc::new(Notify::new());
-        for partition in &partitions {
-            partition.register_waiter(&waiter);
-        }
-        FetchWaiter { waiter, partitions }
+/// The plan of a fetch over a fixed list ([`Broker::list_plan`]): it watches the
+/// partitions only once it waits, so a fetch over thousands of partitions that finds data
+/// at once takes no per-partition lock.
+pub struct ListPlan<'a> {
+    partitions: &'a [FetchPartition],
+    targets: Vec<Option<PartitionHandle>>,
+    watch: Option<PartitionWatch>,
+}
+
+impl FetchPlan for ListPlan<'_> {
+    fn next_pass(&mut self) -> (&[FetchPartition], &[Option<PartitionHandle>]) {
+        (self.partitions, &self.targets)
     }
-}
 
-impl Drop for FetchWaiter {
-    fn drop(&mut self) {
-        for partition in &self.partitions {
-            partition.unregister_waiter(&self.waiter);
-        }
+    fn signal(&mut self) -> ChangeSignal {
+        let targets = &self.targets;
+        self.watch
+            .get_or_insert_with(|| {
+                let mut watch = PartitionWatch::new();
+                for (slot, target) in targets.iter().enumerate() {
+                    if let Some(target) = target {
+                        watch.watch(slot as u32, target);
+                    }
+                }
+                watch
+            })
+            .signal()
     }
 }
 
@@ -933,18 +953,48 @@ impl Broker {
         min_bytes: u32,
         max_bytes: u32,
     ) -> Vec<FetchedPartition> {
-        let deadline = tokio::time::Instant::now() + max_wait;
+        self.fetch_planned(
+            &mut self.list_plan(partitions),
+            max_wait,
+            min_bytes,
+            max_bytes,
+        )
+        .await
+    }
+
+    /// The plan that reads `partitions` on every pass.
+    pub fn list_plan<'a>(&self, partitions: &'a [FetchPartition]) -> ListPlan<'a> {
         let mut resolver = PartitionResolver::new(self);
-        let targets: Vec<Option<Arc<Partition>>> = partitions
+        let targets = partitions
             .iter()
-            .map(|p| resolver.find(&p.topic, p.partition).map(|(_, found)| found))
+            .map(|p| {
+                resolver
+                    .find(&p.topic, p.partition)
+                    .map(|(_, found)| PartitionHandle(found))
+            })
             .collect();
+        ListPlan {
+            partitions,
+            targets,
+            watch: None,
+        }
+    }
+
+    /// [`fetch`](Self::fetch) with the partitions chosen by `plan` on each pass; the
+    /// answers are those of the plan's last pass, in its order.
+    pub async fn fetch_planned(
+        &self,
+        plan: &mut impl FetchPlan,
+        max_wait: Duration,
+        min_bytes: u32,
+        max_bytes: u32,
+    ) -> Vec<FetchedPartition> {
+        let deadline = tokio::time::Instant::now() + max_wait;
         let mut stop = self.stop.subscribe();
-        // Registered with the partitions only once a fetch has to wait: a fetch over
-        // thousands of partitions that finds data at once takes no per-partition lock.
-        let mut waiter: Option<FetchWaiter> = None;
+        let mut signal: Option<ChangeSignal> = None;
         loop {
-            let (results, bytes, errors) = read_fetch(partitions, &targets, max_bytes);
+            let (partitions, targets) = plan.next_pass();
+            let (results, bytes, errors) = read_fetch(partitions, targets, max_bytes);
             let done = errors
                 || bytes >= min_bytes as usize
                 || tokio::time::Instant::now() >= deadline
@@ -952,20 +1002,25 @@ impl Broker {
             if done {
                 return results;
             }
-            let Some(waiter) = &waiter else {
-                // Look again once registered: an append between the read above and the
-                // registration would otherwise not wake this fetch.
-                waiter = Some(FetchWaiter::register(
-                    targets.iter().flatten().cloned().collect(),
-                ));
+            let Some(signal) = &signal else {
+                // Look again once watching: an append between the read above and the
+                // watch would otherwise not wake this fetch.
+                signal = Some(plan.signal());
                 continue;
             };
             tokio::select! {
-                _ = waiter.waiter.notified() => {}
+                _ = signal.changed() => {}
                 _ = tokio::time::sleep_until(deadline) => {}
                 _ = stop.changed() => {}
             }
         }
+    }
+
+    /// A handle on partition `partition` of `topic`, if it exists, for callers that
+    /// fetch it again and again.
+    pub fn partition_handle(&self, topic: &str, partition: u32) -> Option<PartitionHandle> {
+        self.find_partition(topic, partition)
+            .map(|(_, found)| PartitionHandle(found))
     }
 
     /// Offset lookup: returns (offset, timestamp); timestamp is -1 where not applicable.
@@ -1017,6 +1072,7 @@ impl Broker {
         let start = log
             .delete_records_before(target)
             .map_err(|e| map_storage(e, &format!("{topic}-{}", partition.index)))?;
+        partition.changed();
         info!(
             topic,
             partition = partition.index,
@@ -1291,7 +1347,7 @@ fn check_produced_batch(header: &BatchHeader, max_message_bytes: u32) -> Result<
 /// partition has an error).
 fn read_fetch(
     requests: &[FetchPartition],
-    targets: &[Option<Arc<Partition>>],
+    targets: &[Option<PartitionHandle>],
     max_bytes: u32,
 ) -> (Vec<FetchedPartition>, usize, bool) {
     let mut results = Vec::with_capacity(requests.len());
@@ -1299,7 +1355,7 @@ fn read_fetch(
     let mut total = 0usize;
     let mut any_error = false;
     for (request, target) in requests.iter().zip(targets) {
-        let Some(partition) = target.as_ref().filter(|p| !p.is_deleted()) else {
+        let Some(PartitionHandle(partition)) = target.as_ref().filter(|p| !p.is_deleted()) else {
             any_error = true;
             results.push(FetchedPartition::failed(
                 CoreError::UnknownTopicOrPartition,
@@ -1504,6 +1560,7 @@ async fn retention_loop(broker: Weak<Broker>, mut stop: watch::Receiver<bool>, i
                 match partition.log.enforce_retention(now) {
                     Ok(0) => {}
                     Ok(deleted) => {
+                        partition.changed();
                         info!(topic = %partition.topic, partition = partition.index, segments = deleted, "retention deleted segments")
                     }
                     Err(e) => {

@@ -28,10 +28,11 @@ pub mod routing;
 #[cfg(test)]
 mod test_support;
 mod topic;
+mod watch;
 
 pub use broker::{
-    Acks, Broker, BrokerConfig, FetchPartition, FetchedPartition, OffsetSpec, PartitionOffsets,
-    ProduceResult, DEFAULT_RETENTION_CHECK_INTERVAL_MS, PARTITIONS_PER_TOPIC_MAX,
+    Acks, Broker, BrokerConfig, FetchPartition, FetchPlan, FetchedPartition, ListPlan, OffsetSpec,
+    PartitionOffsets, ProduceResult, DEFAULT_RETENTION_CHECK_INTERVAL_MS, PARTITIONS_PER_TOPIC_MAX,
 };
 pub use config::{
     CleanupPolicy, CompressionType, ConfigEntry, ConfigOp, ConfigSource, FlushMode, TimestampType,
@@ -40,6 +41,7 @@ pub use config::{
 pub use error::CoreError;
 pub use group::{GroupCoordinator, GroupSettings};
 pub use topic::{is_internal_name, validate_topic_name, TopicInfo, TOPIC_NAME_LEN_MAX};
+pub use watch::{ChangeSignal, ChangedSlots, PartitionHandle, PartitionWatch};
 
 /// Result type of this crate.
 pub type Result<T, E = CoreError> = std::result::Result<T, E>;

@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use crate::producer::{
     BatchMeta, IdempotentBatch, ProducerSnapshot, ProducerStates, SequenceCheck,
 };
+use crate::watch::WatchShared;
 use crate::{CoreError, Result};
 
 /// Leader epoch stamped on appended batches. A single node is leader of every partition
@@ -51,6 +52,15 @@ pub(crate) enum AppendOutcome {
     Duplicate { base_offset: i64 },
 }
 
+/// Someone told when a partition changes.
+#[derive(Debug)]
+enum Waiter {
+    /// Woken (a stream queue's consumer).
+    Notify(Arc<Notify>),
+    /// Marked changed in its slot, and woken (a fetch or a fetch session).
+    Watch(Arc<WatchShared>, u32),
+}
+
 /// One partition of a topic.
 #[derive(Debug)]
 pub(crate) struct Partition {
@@ -59,8 +69,8 @@ pub(crate) struct Partition {
     pub log: Arc<PartitionLog>,
     /// Producer state; also the append lock.
     producers: Mutex<ProducerStates>,
-    /// Fetches waiting for data on this partition.
-    waiters: Mutex<Vec<Arc<Notify>>>,
+    /// Who is told of changes: stream-queue consumers' wake-ups and fetch watches.
+    waiters: Mutex<Vec<Waiter>>,
     /// Set when the topic is deleted (holders of an `Arc` must stop using it).
     deleted: AtomicBool,
 }
@@ -132,7 +142,7 @@ impl Partition {
             producers.record(batch.producer_id, batch.epoch, meta, now_ms);
         }
         drop(producers);
-        self.wake_fetchers();
+        self.changed();
         Ok(AppendOutcome::Appended(result))
     }
 
@@ -152,27 +162,46 @@ impl Partition {
         self.producers.lock().expire(now_ms, max_age_ms)
     }
 
-    /// Registers a waiting fetch; it is notified after every append until unregistered.
+    /// Registers a wake-up, notified after every change until unregistered.
     pub fn register_waiter(&self, waiter: &Arc<Notify>) {
-        self.waiters.lock().push(waiter.clone());
+        self.waiters.lock().push(Waiter::Notify(waiter.clone()));
     }
 
-    /// Removes a waiting fetch.
+    /// Removes a wake-up.
     pub fn unregister_waiter(&self, waiter: &Arc<Notify>) {
-        self.waiters.lock().retain(|w| !Arc::ptr_eq(w, waiter));
+        self.waiters
+            .lock()
+            .retain(|w| !matches!(w, Waiter::Notify(n) if Arc::ptr_eq(n, waiter)));
     }
 
-    /// Wakes every waiting fetch (a stored permit covers a fetch between checks).
-    pub fn wake_fetchers(&self) {
+    /// Has `watch` told of every change, as its `slot`, until [`unwatch`](Self::unwatch).
+    pub(crate) fn watch(&self, watch: &Arc<WatchShared>, slot: u32) {
+        self.waiters.lock().push(Waiter::Watch(watch.clone(), slot));
+    }
+
+    /// Stops telling `watch` (in `slot`) of changes.
+    pub(crate) fn unwatch(&self, watch: &Arc<WatchShared>, slot: u32) {
+        self.waiters.lock().retain(
+            |w| !matches!(w, Waiter::Watch(shared, s) if *s == slot && Arc::ptr_eq(shared, watch)),
+        );
+    }
+
+    /// Tells every waiter and watch that the partition changed: records were appended or
+    /// removed from the front, or the topic was deleted. (A wake-up with nobody waiting
+    /// leaves a permit, so a waiter between two looks does not miss it.)
+    pub fn changed(&self) {
         for waiter in self.waiters.lock().iter() {
-            waiter.notify_one();
+            match waiter {
+                Waiter::Notify(notify) => notify.notify_one(),
+                Waiter::Watch(watch, slot) => watch.mark(*slot),
+            }
         }
     }
 
     /// Marks the partition deleted and wakes its fetches so they see it.
     pub fn mark_deleted(&self) {
         self.deleted.store(true, Ordering::Release);
-        self.wake_fetchers();
+        self.changed();
     }
 
     /// Whether the partition's topic was deleted.

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use ferry_core::group::CommitOffset;
 use ferry_core::{
     Acks, Broker, BrokerConfig, ConfigOp, ConfigSource, CoreError, FetchPartition, OffsetSpec,
+    PartitionWatch,
 };
 use ferry_storage::batch::{decode_records, split_batches, BatchBuilder};
 
@@ -734,6 +735,65 @@ async fn long_poll_wakes_on_produce_and_times_out() {
         assert!(fetched[0].records.is_empty());
         assert_eq!(decode(&fetched[1].records), [(0, "wake".to_string())]);
         assert_eq!(fetched[1].high_watermark, 1);
+        broker.shutdown().await.expect("shutdown");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn watches_mark_the_slots_of_changed_partitions() {
+    bounded(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = open(dir.path());
+        broker
+            .create_topic("watched", Some(3), BTreeMap::new(), false)
+            .expect("create");
+        let handle = |partition| {
+            broker
+                .partition_handle("watched", partition)
+                .expect("exists")
+        };
+        assert!(broker.partition_handle("watched", 3).is_none());
+        let mut watch = PartitionWatch::new();
+        // Slots are the watcher's numbers, not partition indexes.
+        watch.watch(7, &handle(0));
+        watch.watch(70, &handle(2));
+        let signal = watch.signal();
+        assert!(watch.take_changed().is_empty());
+
+        broker
+            .produce("watched", 2, batch(&["a"], 1), Acks::All)
+            .await
+            .expect("produce");
+        broker
+            .produce("watched", 1, batch(&["b"], 1), Acks::All)
+            .await
+            .expect("produce");
+        // The append left a wake-up for a waiter that comes later.
+        tokio::time::timeout(Duration::from_secs(5), signal.changed())
+            .await
+            .expect("woken");
+        let changed = watch.take_changed();
+        assert!(changed.contains(70) && !changed.contains(7));
+        assert!(watch.take_changed().is_empty(), "taking clears");
+
+        broker
+            .delete_records("watched", 2, 1)
+            .expect("delete records");
+        assert!(watch.take_changed().contains(70), "log start moved");
+
+        watch.unwatch(70);
+        broker
+            .produce("watched", 2, batch(&["c"], 1), Acks::All)
+            .await
+            .expect("produce");
+        assert!(watch.take_changed().is_empty(), "no longer watched");
+
+        let first = handle(0);
+        broker.delete_topic("watched").await.expect("delete");
+        assert!(first.is_deleted());
+        assert!(watch.take_changed().contains(7), "deletion is a change");
+        drop(watch);
         broker.shutdown().await.expect("shutdown");
     })
     .await;

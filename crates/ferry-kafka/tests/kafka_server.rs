@@ -290,11 +290,22 @@ async fn produce_and_fetch_round_trip() {
 /// waiting, forgetting `forget`; returns the response.
 async fn session_fetch(
     client: &mut TestClient,
-    (id, epoch): (i32, i32),
+    session: (i32, i32),
     topic: &str,
     partitions: &[(i32, i64)],
     forget: &[i32],
 ) -> FetchResponse {
+    let request = session_request(session, topic, partitions, forget);
+    client.request(ApiKey::Fetch, FETCH_V, &request).await
+}
+
+/// The request [`session_fetch`] sends.
+fn session_request(
+    (id, epoch): (i32, i32),
+    topic: &str,
+    partitions: &[(i32, i64)],
+    forget: &[i32],
+) -> FetchRequest {
     let listed = (!partitions.is_empty()).then(|| {
         FetchTopic::default()
             .with_topic(topic_name(topic))
@@ -315,15 +326,14 @@ async fn session_fetch(
             .with_topic(topic_name(topic))
             .with_partitions(forget.to_vec())
     });
-    let request = FetchRequest::default()
+    FetchRequest::default()
         .with_max_wait_ms(0)
         .with_min_bytes(0)
         .with_max_bytes(1 << 20)
         .with_session_id(id)
         .with_session_epoch(epoch)
         .with_topics(listed.into_iter().collect())
-        .with_forgotten_topics_data(forgotten.into_iter().collect());
-    client.request(ApiKey::Fetch, FETCH_V, &request).await
+        .with_forgotten_topics_data(forgotten.into_iter().collect())
 }
 
 /// (partition, high watermark, record count) of each partition a fetch answered.
@@ -397,6 +407,78 @@ async fn incremental_fetch_sessions_answer_only_news() {
         assert_eq!(answered(&closing).len(), 3);
         let closed = session_fetch(&mut client, (id, 6), "feed", &[], &[]).await;
         assert_eq!(closed.error_code, 70, "the session is gone");
+        broker.stop().await;
+    })
+    .await;
+}
+
+/// (partition, error code, log start offset) of each partition a fetch answered.
+fn answered_starts(response: &FetchResponse) -> Vec<(i32, i16, i64)> {
+    response
+        .responses
+        .iter()
+        .flat_map(|topic| &topic.partitions)
+        .map(|p| (p.partition_index, p.error_code, p.log_start_offset))
+        .collect()
+}
+
+/// A session reads only the partitions that may have news, so every change must reach it
+/// without the client asking: records removed from the front, an append while it long
+/// polls, and the topic deleted and created again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_sessions_see_changes_the_client_did_not_ask_about() {
+    bounded(async {
+        let broker = TestBroker::start().await;
+        let mut client = broker.client().await;
+        let mut producer = broker.client().await;
+        assert_eq!(create_topic(&mut client, "watched", 2, &[]).await, 0);
+        let one = || batch(&[("k", b"v")], None, Compression::None);
+        assert_eq!(produce(&mut producer, "watched", 0, one()).await, (0, 0));
+        assert_eq!(produce(&mut producer, "watched", 0, one()).await, (0, 1));
+        let all = [(0, 0), (1, 0)];
+        let full = session_fetch(&mut client, (0, 0), "watched", &all, &[]).await;
+        let id = full.session_id;
+        assert!(id > 0, "a session was created");
+        assert_eq!(answered(&full), vec![(0, 2, 2), (1, 0, 0)]);
+        let caught_up = session_fetch(&mut client, (id, 1), "watched", &[(0, 2)], &[]).await;
+        assert_eq!(answered(&caught_up), vec![]);
+
+        // DeleteRecords moves partition 0's log start: news, with no new records.
+        assert_eq!(broker.broker.delete_records("watched", 0, 1).unwrap(), 1);
+        let moved = session_fetch(&mut client, (id, 2), "watched", &[], &[]).await;
+        assert_eq!(answered_starts(&moved), vec![(0, 0, 1)]);
+        assert_eq!(answered(&moved), vec![(0, 2, 0)]);
+
+        // A long poll over the quiet session is woken by an append to partition 1.
+        let long_poll = session_request((id, 3), "watched", &[], &[])
+            .with_max_wait_ms(15_000)
+            .with_min_bytes(1);
+        let sent = client.send(ApiKey::Fetch, FETCH_V, &long_poll).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = Instant::now();
+        assert_eq!(produce(&mut producer, "watched", 1, one()).await, (0, 0));
+        let (received, woken) = client
+            .receive::<FetchResponse>(ApiKey::Fetch, FETCH_V)
+            .await;
+        assert_eq!(received, sent);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the append woke the long poll"
+        );
+        assert_eq!(answered(&woken), vec![(1, 1, 1)]);
+        let read = session_fetch(&mut client, (id, 4), "watched", &[(1, 1)], &[]).await;
+        assert_eq!(answered(&read), vec![]);
+
+        // Deleted: both partitions answer UNKNOWN_TOPIC_OR_PARTITION.
+        broker.broker.delete_topic("watched").await.unwrap();
+        let gone = session_fetch(&mut client, (id, 5), "watched", &[], &[]).await;
+        assert_eq!(answered_starts(&gone), vec![(0, 3, -1), (1, 3, -1)]);
+        // Created again under the same name: the session finds the new partitions.
+        assert_eq!(create_topic(&mut client, "watched", 2, &[]).await, 0);
+        assert_eq!(produce(&mut producer, "watched", 1, one()).await, (0, 0));
+        let back = session_fetch(&mut client, (id, 6), "watched", &all, &[]).await;
+        assert_eq!(answered_starts(&back), vec![(0, 0, 0), (1, 0, 0)]);
+        assert_eq!(answered(&back), vec![(0, 0, 0), (1, 1, 1)]);
         broker.stop().await;
     })
     .await;

@@ -10,7 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_core::{Acks, Broker, CoreError, FetchPartition, FetchedPartition, OffsetSpec};
+use ferry_core::{
+    Acks, Broker, ChangeSignal, CoreError, FetchPartition, FetchPlan, FetchedPartition, OffsetSpec,
+    PartitionHandle,
+};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::delete_records_response::{
     DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
@@ -30,9 +33,10 @@ use kafka_protocol::messages::{
     ProducerId, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
+use parking_lot::Mutex;
 use tokio::task::JoinSet;
 
-use super::fetch_sessions::{FetchContext, NO_SESSION};
+use super::fetch_sessions::{FetchContext, FetchSession, SessionPass, NO_SESSION};
 use super::handlers::Session;
 use super::versions::PRODUCE_MIN_DECODABLE_VERSION;
 use crate::errors;
@@ -297,9 +301,19 @@ pub(super) async fn fetch(session: &Session, request: FetchRequest, version: i16
     match context {
         FetchContext::Full { create } => full_fetch(session, request, create, read_committed).await,
         FetchContext::Incremental { id, session: fetch } => {
-            let wanted = fetch.lock().wanted();
-            let fetched = read_partitions(session, &request, &wanted).await;
-            let answers = fetch.lock().answer(wanted, fetched);
+            let mut plan = SessionPlan {
+                broker: session.broker(),
+                session: &fetch,
+                pass: SessionPass::default(),
+            };
+            // As in Kafka, a fetch of no partitions does not wait.
+            let empty = fetch.lock().is_empty();
+            let fetched = if empty {
+                Vec::new()
+            } else {
+                read_partitions(session, &request, &mut plan).await
+            };
+            let answers = fetch.lock().answer(plan.pass, fetched);
             let responses = fetch_responses(answers, read_committed);
             FetchResponse::default()
                 .with_session_id(id)
@@ -345,7 +359,12 @@ async fn full_fetch(
                 .with_partitions(partitions),
         );
     }
-    let fetched = read_partitions(session, &request, &wanted).await;
+    let fetched = if wanted.is_empty() {
+        Vec::new()
+    } else {
+        let mut plan = session.broker().list_plan(&wanted);
+        read_partitions(session, &request, &mut plan).await
+    };
     let mut answered: Vec<(FetchPartition, FetchedPartition)> =
         wanted.into_iter().zip(fetched).collect();
     let session_id = if create {
@@ -362,16 +381,36 @@ async fn full_fetch(
         .with_responses(responses)
 }
 
-/// The core's answers for `wanted`, one per partition in order, waiting as the request
-/// allows (but never past the start of shutdown).
+/// A fetch session's plan: each pass reads the session's partitions that may have news.
+struct SessionPlan<'a> {
+    broker: &'a Broker,
+    session: &'a Mutex<FetchSession>,
+    /// The last pass planned.
+    pass: SessionPass,
+}
+
+impl FetchPlan for SessionPlan<'_> {
+    fn next_pass(&mut self) -> (&[FetchPartition], &[Option<PartitionHandle>]) {
+        let broker = self.broker;
+        self.pass = self
+            .session
+            .lock()
+            .plan(|topic, partition| broker.partition_handle(topic, partition));
+        (&self.pass.wanted, &self.pass.targets)
+    }
+
+    fn signal(&mut self) -> ChangeSignal {
+        self.session.lock().signal()
+    }
+}
+
+/// The core's answers to `plan`'s last pass, waiting as the request allows (but never
+/// past the start of shutdown).
 async fn read_partitions(
     session: &Session,
     request: &FetchRequest,
-    wanted: &[FetchPartition],
+    plan: &mut impl FetchPlan,
 ) -> Vec<FetchedPartition> {
-    if wanted.is_empty() {
-        return Vec::new();
-    }
     let broker = session.broker();
     let config = session.config();
     let max_wait =
@@ -380,20 +419,21 @@ async fn read_partitions(
     let max_bytes = (request.max_bytes.max(0) as u32).min(config.fetch_max_bytes);
     // A long poll must not hold up shutdown: answer at once with what is there.
     let mut shutdown = session.shutdown();
-    let fetched = tokio::select! {
-        fetched = broker.fetch(wanted, max_wait, min_bytes, max_bytes) => fetched,
-        () = async { let _ = shutdown.wait_for(|stopping| *stopping).await; } => {
-            broker.fetch(wanted, Duration::ZERO, 0, max_bytes).await
+    let waited = {
+        let fetch = broker.fetch_planned(plan, max_wait, min_bytes, max_bytes);
+        tokio::select! {
+            fetched = fetch => Some(fetched),
+            () = async { let _ = shutdown.wait_for(|stopping| *stopping).await; } => None,
         }
     };
-    if fetched.len() != wanted.len() {
-        tracing::error!(
-            asked = wanted.len(),
-            got = fetched.len(),
-            "core fetch answered a different number of partitions"
-        );
+    match waited {
+        Some(fetched) => fetched,
+        None => {
+            broker
+                .fetch_planned(plan, Duration::ZERO, 0, max_bytes)
+                .await
+        }
     }
-    fetched
 }
 
 /// The topic entries of a fetch response answering `answers`, in their order: consecutive

@@ -17,7 +17,15 @@
 //! Kafka; failing both, the client gets no session and goes on with full fetches.
 //!
 //! Partitions that returned records move to the end of the session's order, so the next
-//! fetch, which fills its response in session order, serves the others first.
+//! fetch, which fills its response in session order, serves the others first. The order
+//! is a rank kept with each partition: a fetch sorts only the partitions it reads.
+//!
+//! A session watches its partitions ([`PartitionWatch`]): appends, records removed from
+//! the front and deletions mark them changed. A fetch reads only the partitions that may
+//! have news: those marked, those with records the client has not been sent (its position
+//! is below the high watermark last sent), those the request listed, and those whose last
+//! answer was an error. Any other partition's answer would repeat the last one, so it is
+//! not looked at, and a fetch over 10,000 quiet partitions costs little.
 //!
 //! [`KafkaConfig::fetch_session_cache_slots`]: super::KafkaConfig::fetch_session_cache_slots
 //! [`KafkaConfig::fetch_session_cache_partitions`]: super::KafkaConfig::fetch_session_cache_partitions
@@ -27,7 +35,9 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_core::{FetchPartition, FetchedPartition};
+use ferry_core::{
+    ChangeSignal, ChangedSlots, FetchPartition, FetchedPartition, PartitionHandle, PartitionWatch,
+};
 use indexmap::{Equivalent, IndexMap};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_request::{FetchTopic, ForgottenTopic};
@@ -87,21 +97,41 @@ struct CachedPartition {
     high_watermark: i64,
     last_stable_offset: i64,
     log_start_offset: i64,
-    /// Returned records in the answer being built (it then moves to the end).
-    served: bool,
+    /// Its place in the session's order (ascending; a partition that returned records
+    /// gets the next rank, after all others).
+    rank: u64,
+    /// Its slot in the session's watch.
+    slot: u32,
+    /// The partition, once resolved and watched (resolved again if its topic is deleted).
+    target: Option<PartitionHandle>,
+    /// Read on the next fetch whatever the watch says: the client just listed it, or its
+    /// last answer was an error.
+    visit: bool,
 }
 
 impl CachedPartition {
     /// A partition the client just added: nothing sent yet, so its first answer is news.
-    fn new(fetch_offset: i64, max_bytes: u32) -> Self {
+    fn new(fetch_offset: i64, max_bytes: u32, slot: u32, rank: u64) -> Self {
         CachedPartition {
             fetch_offset,
             max_bytes,
             high_watermark: -1,
             last_stable_offset: -1,
             log_start_offset: -1,
-            served: false,
+            rank,
+            slot,
+            target: None,
+            visit: true,
         }
+    }
+
+    /// Whether a fetch must read it: told to, not resolved yet, changed since its last
+    /// answer, or holding records the client has not been sent.
+    fn due(&self, changed: &ChangedSlots) -> bool {
+        self.visit
+            || self.target.is_none()
+            || self.fetch_offset < self.high_watermark
+            || changed.contains(self.slot)
     }
 
     /// Records the answer about to be sent; true if the client must be told (records, an
@@ -122,12 +152,57 @@ impl CachedPartition {
 pub struct FetchSession {
     /// The epoch the next incremental fetch must carry.
     next_epoch: i32,
-    /// The partitions, in the order their fetch fills a response.
+    /// The partitions, by name; their ranks order them.
     partitions: IndexMap<PartitionKey, CachedPartition>,
     last_used: Instant,
+    /// Tells which partitions changed, by slot.
+    watch: PartitionWatch,
+    /// Slots marked changed and not answered since.
+    changed: ChangedSlots,
+    /// Slots of forgotten partitions, to reuse.
+    free_slots: Vec<u32>,
+    /// The lowest slot never used.
+    next_slot: u32,
+    /// The rank the next partition to move to the end of the order gets.
+    next_rank: u64,
+}
+
+/// The partitions one pass of an incremental fetch reads, in session order.
+#[derive(Debug, Default)]
+pub struct SessionPass {
+    /// What the core reads.
+    pub wanted: Vec<FetchPartition>,
+    /// Their handles (`None`: unknown).
+    pub targets: Vec<Option<PartitionHandle>>,
+    /// Where each was in the session's order when the pass was planned.
+    positions: Vec<usize>,
 }
 
 impl FetchSession {
+    /// A session over `partitions` (their slots and ranks numbered from 0), at epoch 1.
+    fn new(partitions: IndexMap<PartitionKey, CachedPartition>, now: Instant) -> Self {
+        let next_slot = partitions.len() as u32;
+        let next_rank = partitions.len() as u64;
+        FetchSession {
+            next_epoch: next_epoch(INITIAL_EPOCH),
+            partitions,
+            last_used: now,
+            watch: PartitionWatch::new(),
+            changed: ChangedSlots::default(),
+            free_slots: Vec::new(),
+            next_slot,
+            next_rank,
+        }
+    }
+
+    /// A slot for a partition joining the session.
+    fn take_slot(&mut self) -> u32 {
+        self.free_slots.pop().unwrap_or_else(|| {
+            self.next_slot += 1;
+            self.next_slot - 1
+        })
+    }
+
     /// Applies an incremental request: listed partitions are added or updated, forgotten
     /// ones removed (after the additions, as Kafka does). Partitions with a negative index
     /// name nothing and are not kept. Returns the change in the partition count.
@@ -145,57 +220,111 @@ impl FetchSession {
                 if let Some(cached) = self.partitions.get_mut(&wanted) {
                     cached.fetch_offset = p.fetch_offset;
                     cached.max_bytes = max_bytes;
+                    cached.visit = true;
                 } else {
                     let topic = shared.get_or_insert_with(|| Arc::from(name)).clone();
+                    let slot = self.take_slot();
+                    self.next_rank += 1;
                     self.partitions.insert(
                         PartitionKey {
                             topic,
                             partition: p.partition,
                         },
-                        CachedPartition::new(p.fetch_offset, max_bytes),
+                        CachedPartition::new(p.fetch_offset, max_bytes, slot, self.next_rank - 1),
                     );
                 }
             }
         }
         for topic in forgotten {
             for &partition in &topic.partitions {
-                self.partitions.shift_remove(&PartitionRef {
+                let key = PartitionRef {
                     topic: topic.topic.as_str(),
                     partition,
-                });
+                };
+                if let Some(gone) = self.partitions.shift_remove(&key) {
+                    self.watch.unwatch(gone.slot);
+                    self.changed.remove(gone.slot);
+                    self.free_slots.push(gone.slot);
+                }
             }
         }
         self.partitions.len() as isize - before
     }
 
-    /// The core fetch list, in session order.
-    pub fn wanted(&self) -> Vec<FetchPartition> {
-        self.partitions
-            .iter()
-            .map(|(key, cached)| FetchPartition {
+    /// The partitions the next pass of a fetch must read (see the module doc), in session
+    /// order. Partitions not resolved yet, or whose topic was deleted, are looked up with
+    /// `resolve` and watched once found.
+    pub fn plan(
+        &mut self,
+        mut resolve: impl FnMut(&str, u32) -> Option<PartitionHandle>,
+    ) -> SessionPass {
+        let FetchSession {
+            partitions,
+            watch,
+            changed,
+            ..
+        } = self;
+        changed.union(&watch.take_changed());
+        let mut due: Vec<(u64, usize)> = partitions
+            .values()
+            .enumerate()
+            .filter(|(_, cached)| cached.due(changed))
+            .map(|(position, cached)| (cached.rank, position))
+            .collect();
+        due.sort_unstable();
+        let mut pass = SessionPass::default();
+        for (_, position) in due {
+            let Some((key, cached)) = partitions.get_index_mut(position) else {
+                continue;
+            };
+            if cached
+                .target
+                .as_ref()
+                .is_none_or(PartitionHandle::is_deleted)
+            {
+                // Watched before it is read, so no change after the read is missed.
+                if let Some(found) = resolve(&key.topic, key.partition as u32) {
+                    watch.watch(cached.slot, &found);
+                    cached.target = Some(found);
+                }
+            }
+            pass.wanted.push(FetchPartition {
                 topic: key.topic.clone(),
                 partition: key.partition as u32,
                 offset: cached.fetch_offset,
                 max_bytes: cached.max_bytes,
-            })
-            .collect()
+            });
+            pass.targets.push(cached.target.clone());
+            pass.positions.push(position);
+        }
+        pass
+    }
+
+    /// Whether the session holds no partitions.
+    pub fn is_empty(&self) -> bool {
+        self.partitions.is_empty()
+    }
+
+    /// The wake-up for changes to the session's partitions.
+    pub fn signal(&self) -> ChangeSignal {
+        self.watch.signal()
     }
 
     /// Keeps the answers the client must see, in session order, and records what it is
-    /// told. Partitions that returned records move to the end of the order. `wanted` is
-    /// the list [`wanted`](Self::wanted) gave and `fetched` the core's answers to it; a
-    /// partition forgotten in between by another request is not answered.
+    /// told. Partitions that returned records move to the end of the order, in the order
+    /// they were answered. `pass` is what
+    /// [`plan`](Self::plan) gave and `fetched` the core's answers to it; a partition
+    /// forgotten in between by another request is not answered.
     pub fn answer(
         &mut self,
-        wanted: Vec<FetchPartition>,
+        pass: SessionPass,
         fetched: Vec<FetchedPartition>,
     ) -> Vec<(FetchPartition, FetchedPartition)> {
-        let mut any_served = false;
         let mut answers = Vec::new();
-        for (position, (asked, fetched)) in wanted.into_iter().zip(fetched).enumerate() {
-            // `wanted` lists the session in its order, sharing its topic names: the entry at
-            // the same position is the one, unless another request changed the session in
-            // between. Only then is the partition looked up by name.
+        for ((asked, position), fetched) in pass.wanted.into_iter().zip(pass.positions).zip(fetched)
+        {
+            // The entry at the planned position is the one, unless another request changed
+            // the session in between. Only then is the partition looked up by name.
             let cached = match self.partitions.get_index_mut(position) {
                 Some((key, cached))
                     if key.partition == asked.partition as i32
@@ -214,17 +343,15 @@ impl FetchSession {
                     cached
                 }
             };
+            // Read after its changes were taken: what it says is current.
+            self.changed.remove(cached.slot);
+            cached.visit = fetched.error.is_some();
             if cached.note_answer(&fetched) {
-                cached.served = !fetched.records.is_empty();
-                any_served |= cached.served;
+                if !fetched.records.is_empty() {
+                    cached.rank = self.next_rank;
+                    self.next_rank += 1;
+                }
                 answers.push((asked, fetched));
-            }
-        }
-        if any_served {
-            // Stable: the unserved keep their order, then the served keep theirs.
-            self.partitions.sort_by_key(|_, cached| cached.served);
-            for cached in self.partitions.values_mut() {
-                cached.served = false;
             }
         }
         answers
@@ -322,15 +449,17 @@ impl FetchSessionCache {
     fn create_at(&self, answered: &[(FetchPartition, FetchedPartition)], now: Instant) -> i32 {
         let mut partitions = IndexMap::with_capacity(answered.len());
         for (asked, fetched) in answered {
-            let mut cached = CachedPartition::new(asked.offset, asked.max_bytes);
+            let key = PartitionKey {
+                topic: asked.topic.clone(),
+                partition: asked.partition as i32,
+            };
+            // Slots 0..n in order; a partition listed twice keeps its first slot.
+            let slot = partitions
+                .get(&key)
+                .map_or(partitions.len() as u32, |c: &CachedPartition| c.slot);
+            let mut cached = CachedPartition::new(asked.offset, asked.max_bytes, slot, slot.into());
             cached.note_answer(fetched);
-            partitions.insert(
-                PartitionKey {
-                    topic: asked.topic.clone(),
-                    partition: asked.partition as i32,
-                },
-                cached,
-            );
+            partitions.insert(key, cached);
         }
         let size = partitions.len();
         if self.slots == 0 || size > self.partitions_max {
@@ -344,14 +473,9 @@ impl FetchSessionCache {
         }
         let id = state.free_id();
         state.partitions += size;
-        state.sessions.insert(
-            id,
-            Arc::new(Mutex::new(FetchSession {
-                next_epoch: next_epoch(INITIAL_EPOCH),
-                partitions,
-                last_used: now,
-            })),
-        );
+        state
+            .sessions
+            .insert(id, Arc::new(Mutex::new(FetchSession::new(partitions, now))));
         id
     }
 
@@ -504,11 +628,20 @@ mod tests {
         }
     }
 
-    fn names(wanted: &[FetchPartition]) -> Vec<(String, u32, i64)> {
-        wanted
+    /// A pass over every partition: none resolves, so each is due.
+    fn every(session: &mut FetchSession) -> SessionPass {
+        session.plan(|_, _| None)
+    }
+
+    fn names(pass: &SessionPass) -> Vec<(String, u32, i64)> {
+        pass.wanted
             .iter()
             .map(|p| (p.topic.to_string(), p.partition, p.offset))
             .collect()
+    }
+
+    fn order(session: &mut FetchSession) -> Vec<u32> {
+        every(session).wanted.iter().map(|p| p.partition).collect()
     }
 
     #[test]
@@ -586,9 +719,9 @@ mod tests {
         )
         .with_forgotten_topics_data(vec![forget("t", &[0]), forget("v", &[9])]);
         let session = incremental(&cache, &changes).unwrap();
-        let wanted = session.lock().wanted();
+        let pass = every(&mut session.lock());
         assert_eq!(
-            names(&wanted),
+            names(&pass),
             vec![
                 ("t".to_owned(), 1, 7),
                 ("t".to_owned(), 2, 0),
@@ -604,10 +737,10 @@ mod tests {
         let id = started(&cache, 4);
         let session = incremental(&cache, &request(id, 1, vec![])).unwrap();
         let mut session = session.lock();
-        let wanted = session.wanted();
+        let pass = every(&mut session);
         // p0: records; p1: nothing new; p2: high watermark moved; p3: an error.
         let answers = session.answer(
-            wanted,
+            pass,
             vec![
                 fetched(6, b"batch"),
                 fetched(5, b""),
@@ -617,12 +750,11 @@ mod tests {
         );
         let answered: Vec<u32> = answers.iter().map(|(p, _)| p.partition).collect();
         assert_eq!(answered, vec![0, 2, 3]);
-        let order: Vec<u32> = session.wanted().iter().map(|p| p.partition).collect();
-        assert_eq!(order, vec![1, 2, 3, 0]);
+        assert_eq!(order(&mut session), vec![1, 2, 3, 0]);
         // The same offsets again are no news, except the error.
-        let wanted = session.wanted();
+        let pass = every(&mut session);
         let answers = session.answer(
-            wanted,
+            pass,
             vec![fetched(5, b""), fetched(9, b""), gone(), fetched(6, b"")],
         );
         let answered: Vec<u32> = answers.iter().map(|(p, _)| p.partition).collect();
@@ -634,24 +766,73 @@ mod tests {
         let cache = FetchSessionCache::new(10, 100);
         let id = started(&cache, 3);
         let session = incremental(&cache, &request(id, 1, vec![])).unwrap();
-        let wanted = session.lock().wanted();
+        let pass = every(&mut session.lock());
         // Another request forgets partition 0 while this one reads.
         let forget_first =
             request(id, 2, vec![]).with_forgotten_topics_data(vec![forget("t", &[0])]);
         incremental(&cache, &forget_first).unwrap();
         let answers = session.lock().answer(
-            wanted,
+            pass,
             vec![fetched(6, b"a"), fetched(5, b""), fetched(7, b"")],
         );
         let answered: Vec<u32> = answers.iter().map(|(p, _)| p.partition).collect();
         assert_eq!(answered, vec![2], "partition 0 is gone, 1 has no news");
-        let order: Vec<u32> = session
-            .lock()
-            .wanted()
-            .iter()
-            .map(|p| p.partition)
+        assert_eq!(order(&mut session.lock()), vec![1, 2]);
+    }
+
+    /// Partitions of `t` by index in `pass`.
+    fn indexes(pass: &SessionPass) -> Vec<u32> {
+        pass.wanted.iter().map(|p| p.partition).collect()
+    }
+
+    #[tokio::test]
+    async fn a_fetch_reads_only_partitions_that_may_have_news() {
+        use ferry_core::{Acks, Broker, BrokerConfig};
+        use ferry_storage::batch::BatchBuilder;
+        use std::collections::BTreeMap;
+
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::open(BrokerConfig::new(dir.path())).unwrap();
+        broker
+            .create_topic("t", Some(4), BTreeMap::new(), false)
+            .unwrap();
+        let produce = |partition| {
+            let mut batch = BatchBuilder::new(1);
+            batch.push(None, Some(Bytes::from_static(b"v")), Vec::new(), 1);
+            broker.produce("t", partition, batch.build(), Acks::Leader)
+        };
+        let resolve = |topic: &str, partition| broker.partition_handle(topic, partition);
+        let cache = FetchSessionCache::new(10, 100);
+        let answered: Vec<_> = (0..4)
+            .map(|p| (asked("t", p, 0), fetched(0, b"")))
             .collect();
-        assert_eq!(order, vec![1, 2]);
+        let id = cache.create(&answered);
+        let session = incremental(&cache, &request(id, 1, vec![])).unwrap();
+        let plan = || session.lock().plan(resolve);
+        let answer = |pass, fetched| session.lock().answer(pass, fetched);
+        // The first pass resolves and watches every partition, so it reads them all.
+        let pass = plan();
+        assert_eq!(indexes(&pass), vec![0, 1, 2, 3]);
+        answer(pass, (0..4).map(|_| fetched(0, b"")).collect());
+        // Nothing changed since: nothing to read.
+        assert_eq!(indexes(&plan()), Vec::<u32>::new());
+
+        produce(2).await.unwrap();
+        assert_eq!(indexes(&plan()), vec![2], "only the partition appended to");
+        // Not answered (the fetch was dropped, say): still due.
+        let pass = plan();
+        assert_eq!(indexes(&pass), vec![2]);
+        answer(pass, vec![fetched(1, b"records")]);
+        // The client has not moved on: records it was not sent keep the partition due.
+        assert_eq!(indexes(&plan()), vec![2]);
+        let moved = request(id, 2, vec![topic("t", &[(2, 1)])]);
+        incremental(&cache, &moved).unwrap();
+        // Listed by the client: read once more, then quiet.
+        let pass = plan();
+        assert_eq!(indexes(&pass), vec![2]);
+        answer(pass, vec![fetched(1, b"")]);
+        assert_eq!(indexes(&plan()), Vec::<u32>::new());
+        broker.shutdown().await.unwrap();
     }
 
     #[test]

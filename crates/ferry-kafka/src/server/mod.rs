@@ -39,7 +39,9 @@ use tracing::{debug, warn};
 
 pub use codec::{decode_request, encode_response, DecodeError, DecodedRequest, EncodeError};
 pub use data::fetch_responses;
-pub use fetch_sessions::{next_epoch, FetchContext, FetchSession, FetchSessionCache, NO_SESSION};
+pub use fetch_sessions::{
+    next_epoch, FetchContext, FetchSession, FetchSessionCache, SessionPass, NO_SESSION,
+};
 
 /// Kafka's `socket.request.max.bytes` default: the largest request frame accepted.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 100 << 20;

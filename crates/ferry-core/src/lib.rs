@@ -41,7 +41,7 @@ pub use config::{
 pub use error::CoreError;
 pub use group::{GroupCoordinator, GroupSettings};
 pub use topic::{is_internal_name, validate_topic_name, TopicInfo, TOPIC_NAME_LEN_MAX};
-pub use watch::{ChangeSignal, ChangedSlots, PartitionHandle, PartitionWatch};
+pub use watch::{ChangeSignal, PartitionHandle, PartitionWatch, SlotSet};
 
 /// Result type of this crate.
 pub type Result<T, E = CoreError> = std::result::Result<T, E>;

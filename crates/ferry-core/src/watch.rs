@@ -51,11 +51,23 @@ impl WatchShared {
     }
 }
 
-/// Which slots changed: a bit set over slot numbers.
+/// A set of slot numbers (which slots changed, say), as bits.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ChangedSlots(Vec<u64>);
+pub struct SlotSet(Vec<u64>);
 
-impl ChangedSlots {
+impl SlotSet {
+    /// The slots in the set, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.0.iter().enumerate().flat_map(|(word, &bits)| {
+            let base = word as u32 * 64;
+            std::iter::successors((bits != 0).then_some(bits), |rest| {
+                let next = rest & (rest - 1);
+                (next != 0).then_some(next)
+            })
+            .map(move |rest| base + rest.trailing_zeros())
+        })
+    }
+
     /// Whether `slot` is in the set.
     pub fn contains(&self, slot: u32) -> bool {
         let (word, bit) = slot_bit(slot);
@@ -80,7 +92,7 @@ impl ChangedSlots {
     }
 
     /// Adds every slot of `other`.
-    pub fn union(&mut self, other: &ChangedSlots) {
+    pub fn union(&mut self, other: &SlotSet) {
         if self.0.len() < other.0.len() {
             self.0.resize(other.0.len(), 0);
         }
@@ -150,8 +162,8 @@ impl PartitionWatch {
     }
 
     /// The slots marked changed since the last call, clearing them.
-    pub fn take_changed(&self) -> ChangedSlots {
-        ChangedSlots(std::mem::take(&mut *self.shared.changed.lock()))
+    pub fn take_changed(&self) -> SlotSet {
+        SlotSet(std::mem::take(&mut *self.shared.changed.lock()))
     }
 
     /// The wake-up for this watch's changes.
@@ -167,5 +179,33 @@ impl Drop for PartitionWatch {
                 partition.unwatch(&self.shared, slot as u32);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_sets_hold_any_slot() {
+        let mut set = SlotSet::default();
+        assert!(set.is_empty());
+        for slot in [130, 0, 63, 64] {
+            set.insert(slot);
+        }
+        assert_eq!(set.iter().collect::<Vec<_>>(), vec![0, 63, 64, 130]);
+        assert!(set.contains(63) && !set.contains(62) && !set.contains(100_000));
+        set.remove(63);
+        set.remove(100_000);
+        let mut other = SlotSet::default();
+        other.insert(1);
+        other.insert(200);
+        set.union(&other);
+        assert_eq!(set.iter().collect::<Vec<_>>(), vec![0, 1, 64, 130, 200]);
+        for slot in set.clone().iter() {
+            set.remove(slot);
+        }
+        assert!(set.is_empty());
+        assert_eq!(set.iter().count(), 0);
     }
 }

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_core::{
-    ChangeSignal, ChangedSlots, FetchPartition, FetchedPartition, PartitionHandle, PartitionWatch,
+    ChangeSignal, FetchPartition, FetchedPartition, PartitionHandle, PartitionWatch, SlotSet,
 };
 use indexmap::{Equivalent, IndexMap};
 use kafka_protocol::error::ResponseError;
@@ -92,6 +92,7 @@ impl Equivalent<PartitionKey> for PartitionRef<'_> {
 /// offsets last sent to it.
 #[derive(Debug)]
 struct CachedPartition {
+    key: PartitionKey,
     fetch_offset: i64,
     max_bytes: u32,
     high_watermark: i64,
@@ -100,40 +101,11 @@ struct CachedPartition {
     /// Its place in the session's order (ascending; a partition that returned records
     /// gets the next rank, after all others).
     rank: u64,
-    /// Its slot in the session's watch.
-    slot: u32,
     /// The partition, once resolved and watched (resolved again if its topic is deleted).
     target: Option<PartitionHandle>,
-    /// Read on the next fetch whatever the watch says: the client just listed it, or its
-    /// last answer was an error.
-    visit: bool,
 }
 
 impl CachedPartition {
-    /// A partition the client just added: nothing sent yet, so its first answer is news.
-    fn new(fetch_offset: i64, max_bytes: u32, slot: u32, rank: u64) -> Self {
-        CachedPartition {
-            fetch_offset,
-            max_bytes,
-            high_watermark: -1,
-            last_stable_offset: -1,
-            log_start_offset: -1,
-            rank,
-            slot,
-            target: None,
-            visit: true,
-        }
-    }
-
-    /// Whether a fetch must read it: told to, not resolved yet, changed since its last
-    /// answer, or holding records the client has not been sent.
-    fn due(&self, changed: &ChangedSlots) -> bool {
-        self.visit
-            || self.target.is_none()
-            || self.fetch_offset < self.high_watermark
-            || changed.contains(self.slot)
-    }
-
     /// Records the answer about to be sent; true if the client must be told (records, an
     /// error, or an offset that moved).
     fn note_answer(&mut self, fetched: &FetchedPartition) -> bool {
@@ -145,24 +117,31 @@ impl CachedPartition {
         self.log_start_offset = fetched.log_start_offset;
         moved || fetched.error.is_some() || !fetched.records.is_empty()
     }
+
+    /// Whether `asked` names this partition (by the same shared topic name).
+    fn is(&self, asked: &FetchPartition) -> bool {
+        self.key.partition == asked.partition as i32 && Arc::ptr_eq(&self.key.topic, &asked.topic)
+    }
 }
 
-/// One client's fetch session.
+/// One client's fetch session. Each partition has a slot: its index in `partitions` and
+/// its number in the session's watch.
 #[derive(Debug)]
 pub struct FetchSession {
     /// The epoch the next incremental fetch must carry.
     next_epoch: i32,
-    /// The partitions, by name; their ranks order them.
-    partitions: IndexMap<PartitionKey, CachedPartition>,
+    /// The partitions by slot (`None`: a free slot); their ranks order them.
+    partitions: Vec<Option<CachedPartition>>,
+    /// Slots by name.
+    slots: IndexMap<PartitionKey, u32>,
+    /// Free slots, to reuse.
+    free_slots: Vec<u32>,
     last_used: Instant,
     /// Tells which partitions changed, by slot.
     watch: PartitionWatch,
-    /// Slots marked changed and not answered since.
-    changed: ChangedSlots,
-    /// Slots of forgotten partitions, to reuse.
-    free_slots: Vec<u32>,
-    /// The lowest slot never used.
-    next_slot: u32,
+    /// Slots the next fetch must read: changed since their last answer, listed by the
+    /// client, not resolved, or with records the client was not sent or an error last.
+    due: SlotSet,
     /// The rank the next partition to move to the end of the order gets.
     next_rank: u64,
 }
@@ -174,65 +153,117 @@ pub struct SessionPass {
     pub wanted: Vec<FetchPartition>,
     /// Their handles (`None`: unknown).
     pub targets: Vec<Option<PartitionHandle>>,
-    /// Where each was in the session's order when the pass was planned.
-    positions: Vec<usize>,
+    /// Their slots when the pass was planned.
+    slots: Vec<u32>,
 }
 
 impl FetchSession {
-    /// A session over `partitions` (their slots and ranks numbered from 0), at epoch 1.
-    fn new(partitions: IndexMap<PartitionKey, CachedPartition>, now: Instant) -> Self {
-        let next_slot = partitions.len() as u32;
-        let next_rank = partitions.len() as u64;
+    /// A session with no partitions, at epoch 1.
+    fn new(now: Instant) -> Self {
         FetchSession {
             next_epoch: next_epoch(INITIAL_EPOCH),
-            partitions,
+            partitions: Vec::new(),
+            slots: IndexMap::new(),
+            free_slots: Vec::new(),
             last_used: now,
             watch: PartitionWatch::new(),
-            changed: ChangedSlots::default(),
-            free_slots: Vec::new(),
-            next_slot,
-            next_rank,
+            due: SlotSet::default(),
+            next_rank: 0,
         }
     }
 
-    /// A slot for a partition joining the session.
-    fn take_slot(&mut self) -> u32 {
-        self.free_slots.pop().unwrap_or_else(|| {
-            self.next_slot += 1;
-            self.next_slot - 1
-        })
+    /// Partitions held.
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether the session holds no partitions.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The partition named `key`, added last in the order if new (nothing sent yet, so
+    /// its first answer is news). Either way it is due with the client's position.
+    fn put(
+        &mut self,
+        key: PartitionRef<'_>,
+        topic: &Arc<str>,
+        fetch_offset: i64,
+        max_bytes: u32,
+    ) -> &mut CachedPartition {
+        let slot = match self.slots.get(&key) {
+            Some(&slot) => slot,
+            None => {
+                let slot = self
+                    .free_slots
+                    .pop()
+                    .unwrap_or(self.partitions.len() as u32);
+                let key = PartitionKey {
+                    topic: topic.clone(),
+                    partition: key.partition,
+                };
+                self.slots.insert(
+                    PartitionKey {
+                        topic: key.topic.clone(),
+                        partition: key.partition,
+                    },
+                    slot,
+                );
+                let cached = CachedPartition {
+                    key,
+                    fetch_offset,
+                    max_bytes,
+                    high_watermark: -1,
+                    last_stable_offset: -1,
+                    log_start_offset: -1,
+                    rank: self.next_rank,
+                    target: None,
+                };
+                self.next_rank += 1;
+                if slot as usize == self.partitions.len() {
+                    self.partitions.push(Some(cached));
+                } else {
+                    self.partitions[slot as usize] = Some(cached);
+                }
+                slot
+            }
+        };
+        self.due.insert(slot);
+        let cached = self.partitions[slot as usize]
+            .as_mut()
+            .expect("a named slot holds its partition");
+        cached.fetch_offset = fetch_offset;
+        cached.max_bytes = max_bytes;
+        cached
     }
 
     /// Applies an incremental request: listed partitions are added or updated, forgotten
     /// ones removed (after the additions, as Kafka does). Partitions with a negative index
     /// name nothing and are not kept. Returns the change in the partition count.
     fn update(&mut self, topics: &[FetchTopic], forgotten: &[ForgottenTopic]) -> isize {
-        let before = self.partitions.len() as isize;
+        let before = self.len() as isize;
         for topic in topics {
             let name = topic.topic.as_str();
             let mut shared: Option<Arc<str>> = None;
             for p in topic.partitions.iter().filter(|p| p.partition >= 0) {
-                let max_bytes = p.partition_max_bytes.max(0) as u32;
-                let wanted = PartitionRef {
+                let key = PartitionRef {
                     topic: name,
                     partition: p.partition,
                 };
-                if let Some(cached) = self.partitions.get_mut(&wanted) {
-                    cached.fetch_offset = p.fetch_offset;
-                    cached.max_bytes = max_bytes;
-                    cached.visit = true;
-                } else {
-                    let topic = shared.get_or_insert_with(|| Arc::from(name)).clone();
-                    let slot = self.take_slot();
-                    self.next_rank += 1;
-                    self.partitions.insert(
-                        PartitionKey {
-                            topic,
-                            partition: p.partition,
-                        },
-                        CachedPartition::new(p.fetch_offset, max_bytes, slot, self.next_rank - 1),
-                    );
-                }
+                let topic = match &shared {
+                    Some(topic) => topic.clone(),
+                    None => self
+                        .slots
+                        .get_key_value(&key)
+                        .map_or_else(|| Arc::from(name), |(k, _)| k.topic.clone()),
+                };
+                shared = Some(topic.clone());
+                self.put(
+                    key,
+                    &topic,
+                    p.fetch_offset,
+                    p.partition_max_bytes.max(0) as u32,
+                );
             }
         }
         for topic in forgotten {
@@ -241,14 +272,15 @@ impl FetchSession {
                     topic: topic.topic.as_str(),
                     partition,
                 };
-                if let Some(gone) = self.partitions.shift_remove(&key) {
-                    self.watch.unwatch(gone.slot);
-                    self.changed.remove(gone.slot);
-                    self.free_slots.push(gone.slot);
+                if let Some(slot) = self.slots.swap_remove(&key) {
+                    self.partitions[slot as usize] = None;
+                    self.watch.unwatch(slot);
+                    self.due.remove(slot);
+                    self.free_slots.push(slot);
                 }
             }
         }
-        self.partitions.len() as isize - before
+        self.len() as isize - before
     }
 
     /// The partitions the next pass of a fetch must read (see the module doc), in session
@@ -258,23 +290,23 @@ impl FetchSession {
         &mut self,
         mut resolve: impl FnMut(&str, u32) -> Option<PartitionHandle>,
     ) -> SessionPass {
-        let FetchSession {
-            partitions,
-            watch,
-            changed,
-            ..
-        } = self;
-        changed.union(&watch.take_changed());
-        let mut due: Vec<(u64, usize)> = partitions
-            .values()
-            .enumerate()
-            .filter(|(_, cached)| cached.due(changed))
-            .map(|(position, cached)| (cached.rank, position))
-            .collect();
-        due.sort_unstable();
+        self.due.union(&self.watch.take_changed());
+        let mut order: Vec<(u64, u32)> = Vec::new();
+        let mut stale = Vec::new();
+        for slot in self.due.iter() {
+            match self.partitions.get(slot as usize) {
+                Some(Some(cached)) => order.push((cached.rank, slot)),
+                // Marked before it was forgotten.
+                _ => stale.push(slot),
+            }
+        }
+        for slot in stale {
+            self.due.remove(slot);
+        }
+        order.sort_unstable();
         let mut pass = SessionPass::default();
-        for (_, position) in due {
-            let Some((key, cached)) = partitions.get_index_mut(position) else {
+        for (_, slot) in order {
+            let Some(cached) = self.partitions[slot as usize].as_mut() else {
                 continue;
             };
             if cached
@@ -283,26 +315,21 @@ impl FetchSession {
                 .is_none_or(PartitionHandle::is_deleted)
             {
                 // Watched before it is read, so no change after the read is missed.
-                if let Some(found) = resolve(&key.topic, key.partition as u32) {
-                    watch.watch(cached.slot, &found);
+                if let Some(found) = resolve(&cached.key.topic, cached.key.partition as u32) {
+                    self.watch.watch(slot, &found);
                     cached.target = Some(found);
                 }
             }
             pass.wanted.push(FetchPartition {
-                topic: key.topic.clone(),
-                partition: key.partition as u32,
+                topic: cached.key.topic.clone(),
+                partition: cached.key.partition as u32,
                 offset: cached.fetch_offset,
                 max_bytes: cached.max_bytes,
             });
             pass.targets.push(cached.target.clone());
-            pass.positions.push(position);
+            pass.slots.push(slot);
         }
         pass
-    }
-
-    /// Whether the session holds no partitions.
-    pub fn is_empty(&self) -> bool {
-        self.partitions.is_empty()
     }
 
     /// The wake-up for changes to the session's partitions.
@@ -312,41 +339,46 @@ impl FetchSession {
 
     /// Keeps the answers the client must see, in session order, and records what it is
     /// told. Partitions that returned records move to the end of the order, in the order
-    /// they were answered. `pass` is what
-    /// [`plan`](Self::plan) gave and `fetched` the core's answers to it; a partition
-    /// forgotten in between by another request is not answered.
+    /// they were answered. `pass` is what [`plan`](Self::plan) gave and `fetched` the
+    /// core's answers to it; a partition forgotten in between by another request is not
+    /// answered.
     pub fn answer(
         &mut self,
         pass: SessionPass,
         fetched: Vec<FetchedPartition>,
     ) -> Vec<(FetchPartition, FetchedPartition)> {
         let mut answers = Vec::new();
-        for ((asked, position), fetched) in pass.wanted.into_iter().zip(pass.positions).zip(fetched)
-        {
-            // The entry at the planned position is the one, unless another request changed
-            // the session in between. Only then is the partition looked up by name.
-            let cached = match self.partitions.get_index_mut(position) {
-                Some((key, cached))
-                    if key.partition == asked.partition as i32
-                        && Arc::ptr_eq(&key.topic, &asked.topic) =>
-                {
-                    cached
-                }
+        for ((asked, slot), fetched) in pass.wanted.into_iter().zip(pass.slots).zip(fetched) {
+            // The planned slot holds the partition, unless another request forgot it in
+            // between (and perhaps gave the slot to another).
+            let slot = match self.partitions.get(slot as usize) {
+                Some(Some(cached)) if cached.is(&asked) => slot,
                 _ => {
                     let key = PartitionRef {
                         topic: &asked.topic,
                         partition: asked.partition as i32,
                     };
-                    let Some(cached) = self.partitions.get_mut(&key) else {
+                    let Some(&slot) = self.slots.get(&key) else {
                         continue;
                     };
-                    cached
+                    slot
                 }
             };
-            // Read after its changes were taken: what it says is current.
-            self.changed.remove(cached.slot);
-            cached.visit = fetched.error.is_some();
-            if cached.note_answer(&fetched) {
+            let Some(cached) = self.partitions[slot as usize].as_mut() else {
+                continue;
+            };
+            let news = cached.note_answer(&fetched);
+            // Read after its changes were taken, so what it says is current: due again
+            // only if it cannot rest.
+            let unsettled = fetched.error.is_some()
+                || cached.target.is_none()
+                || cached.fetch_offset < cached.high_watermark;
+            if unsettled {
+                self.due.insert(slot);
+            } else {
+                self.due.remove(slot);
+            }
+            if news {
                 if !fetched.records.is_empty() {
                     cached.rank = self.next_rank;
                     self.next_rank += 1;
@@ -427,7 +459,7 @@ impl FetchSessionCache {
         if total > self.partitions_max {
             // Growing past the cache's bound: the session goes, and the client starts over
             // with a full fetch (which gets a session only if there is room).
-            let size = locked.partitions.len();
+            let size = locked.len();
             drop(locked);
             state.sessions.remove(&id);
             state.partitions = total - size;
@@ -447,21 +479,17 @@ impl FetchSessionCache {
     }
 
     fn create_at(&self, answered: &[(FetchPartition, FetchedPartition)], now: Instant) -> i32 {
-        let mut partitions = IndexMap::with_capacity(answered.len());
+        let mut session = FetchSession::new(now);
         for (asked, fetched) in answered {
-            let key = PartitionKey {
-                topic: asked.topic.clone(),
+            let key = PartitionRef {
+                topic: &asked.topic,
                 partition: asked.partition as i32,
             };
-            // Slots 0..n in order; a partition listed twice keeps its first slot.
-            let slot = partitions
-                .get(&key)
-                .map_or(partitions.len() as u32, |c: &CachedPartition| c.slot);
-            let mut cached = CachedPartition::new(asked.offset, asked.max_bytes, slot, slot.into());
-            cached.note_answer(fetched);
-            partitions.insert(key, cached);
+            session
+                .put(key, &asked.topic, asked.offset, asked.max_bytes)
+                .note_answer(fetched);
         }
-        let size = partitions.len();
+        let size = session.len();
         if self.slots == 0 || size > self.partitions_max {
             return NO_SESSION;
         }
@@ -473,9 +501,7 @@ impl FetchSessionCache {
         }
         let id = state.free_id();
         state.partitions += size;
-        state
-            .sessions
-            .insert(id, Arc::new(Mutex::new(FetchSession::new(partitions, now))));
+        state.sessions.insert(id, Arc::new(Mutex::new(session)));
         id
     }
 
@@ -483,7 +509,7 @@ impl FetchSessionCache {
     fn remove(&self, id: i32) {
         let mut state = self.state.lock();
         if let Some(session) = state.sessions.remove(&id) {
-            let size = session.lock().partitions.len();
+            let size = session.lock().len();
             state.partitions = state.partitions.saturating_sub(size);
         }
     }
@@ -506,7 +532,7 @@ impl CacheState {
             if idlest.is_none_or(|(_, used)| session.last_used < used) {
                 idlest = Some((id, session.last_used));
             }
-            let len = session.partitions.len();
+            let len = session.len();
             if smallest.is_none_or(|(_, least)| len < least) {
                 smallest = Some((id, len));
             }
@@ -517,7 +543,7 @@ impl CacheState {
             _ => return false,
         };
         if let Some(session) = self.sessions.remove(&victim) {
-            let size = session.lock().partitions.len();
+            let size = session.lock().len();
             self.partitions = self.partitions.saturating_sub(size);
         }
         true

@@ -68,7 +68,7 @@ pub enum FetchContext {
 }
 
 /// One partition of a session, keyed by topic name and partition index.
-#[derive(Debug, Hash, PartialEq, Eq)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct PartitionKey {
     topic: Arc<str>,
     partition: i32,
@@ -202,13 +202,7 @@ impl FetchSession {
                     topic: topic.clone(),
                     partition: key.partition,
                 };
-                self.slots.insert(
-                    PartitionKey {
-                        topic: key.topic.clone(),
-                        partition: key.partition,
-                    },
-                    slot,
-                );
+                self.slots.insert(key.clone(), slot);
                 let cached = CachedPartition {
                     key,
                     fetch_offset,

@@ -238,23 +238,16 @@ impl FetchSession {
         let before = self.len() as isize;
         for topic in topics {
             let name = topic.topic.as_str();
-            let mut shared: Option<Arc<str>> = None;
+            // Shared by the partitions this request adds.
+            let shared: Arc<str> = Arc::from(name);
             for p in topic.partitions.iter().filter(|p| p.partition >= 0) {
                 let key = PartitionRef {
                     topic: name,
                     partition: p.partition,
                 };
-                let topic = match &shared {
-                    Some(topic) => topic.clone(),
-                    None => self
-                        .slots
-                        .get_key_value(&key)
-                        .map_or_else(|| Arc::from(name), |(k, _)| k.topic.clone()),
-                };
-                shared = Some(topic.clone());
                 self.put(
                     key,
-                    &topic,
+                    &shared,
                     p.fetch_offset,
                     p.partition_max_bytes.max(0) as u32,
                 );

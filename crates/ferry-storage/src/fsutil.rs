@@ -36,6 +36,28 @@ pub(crate) fn sync_filesystem(dir: &Path) -> Result<()> {
         .at(dir)
 }
 
+/// Starts the kernel writing `len` bytes of `file` from `offset` back to disk and returns
+/// without waiting for them (`sync_file_range(SYNC_FILE_RANGE_WRITE)`). It makes nothing
+/// durable: no metadata is committed and no disk cache is flushed; an fsync still must.
+/// (rustix does not wrap this call.)
+#[allow(unsafe_code)]
+pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Err(std::io::ErrorKind::InvalidInput.into());
+    };
+    // SAFETY: the call reads and writes no memory of this process; the descriptor stays
+    // open for the call because `file` is borrowed.
+    let rc = unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Writes `bytes` to the temporary sibling of `path` ([`tmp_path`]), fsynced if `sync`.
 /// Renaming it over `path` completes the replacement (see [`write_atomic`]).
 pub(crate) fn write_tmp(path: &Path, bytes: &[u8], sync: bool) -> Result<std::path::PathBuf> {

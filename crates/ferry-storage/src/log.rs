@@ -30,8 +30,8 @@ use crate::batch::{
     BatchHeader, BATCH_BYTES_HARD_MAX, BATCH_HEADER_BYTES, REWRITTEN_PREFIX_BYTES,
 };
 use crate::fsutil::{
-    fsync_dir, now_ms, read_exact_at_new, remove_file_if_exists, write_all_vectored_at,
-    write_atomic, write_tmp, IoContext,
+    fsync_dir, now_ms, read_exact_at_new, remove_file_if_exists, start_writeback,
+    write_all_vectored_at, write_atomic, write_tmp, IoContext,
 };
 use crate::journal::{DurableMark, EntryKind};
 use crate::segment::{
@@ -47,6 +47,12 @@ use crate::{Result, StorageError};
 const META_FILE: &str = "meta.json";
 /// Version of `meta.json`.
 const META_VERSION: u32 = 1;
+/// Writeback ahead of flushes stops at a multiple of this behind the log's end: no page
+/// cache folio (at most 2 MiB on x86-64 and arm64) that an append may still write into is
+/// ever under writeback, so appends never wait for a folio the kernel is writing.
+pub(crate) const WRITEBACK_ALIGN_BYTES: u64 = 2 << 20;
+/// How much of the active segment has to be waiting before writeback is started early.
+pub(crate) const WRITEBACK_MIN_BYTES: u64 = 2 << 20;
 /// How many times a read retries after rebuilding an index that pointed to the wrong place.
 const READ_ATTEMPTS_MAX: usize = 3;
 /// Largest buffer one read allocates (beyond the first whole batch, which is always
@@ -287,6 +293,19 @@ enum SegmentRead {
     IndexMismatch,
 }
 
+/// The range of the active segment `(base, size)` to start writing back early, given how
+/// far earlier calls got (`(segment base, position)`): from there (or from the start of a
+/// segment not seen before, or after a truncation) to the last [`WRITEBACK_ALIGN_BYTES`]
+/// boundary at or before the end, if that is at least [`WRITEBACK_MIN_BYTES`] further.
+pub(crate) fn early_writeback_range(done: (i64, u64), base: i64, size: u64) -> Option<(u64, u64)> {
+    let end = size - size % WRITEBACK_ALIGN_BYTES;
+    let from = match done {
+        (done_base, position) if done_base == base && position <= end => position,
+        _ => 0,
+    };
+    (end >= from + WRITEBACK_MIN_BYTES).then_some((from, end))
+}
+
 /// One partition's append-only log.
 pub struct PartitionLog {
     id: LogId,
@@ -311,6 +330,9 @@ pub struct PartitionLog {
     unflushed_bytes: AtomicU64,
     /// When unflushed data first appeared (`i64::MAX` when there is none).
     dirty_since_ms: AtomicI64,
+    /// `(segment base, position)`: how far [`PartitionLog::write_back_early`] has started
+    /// writeback of the active segment.
+    written_back: Mutex<(i64, u64)>,
 }
 
 impl std::fmt::Debug for PartitionLog {
@@ -500,6 +522,7 @@ impl PartitionLog {
             created_durable: AtomicBool::new(created_durable),
             unflushed_bytes: AtomicU64::new(0),
             dirty_since_ms: AtomicI64::new(i64::MAX),
+            written_back: Mutex::new((-1, 0)),
         }
     }
 
@@ -1477,6 +1500,42 @@ impl PartitionLog {
     /// fsyncs everything appended so far.
     pub fn flush(&self) -> Result<()> {
         self.flush_inner().map(|_| ())
+    }
+
+    /// Starts the kernel writing the active segment back to disk up to a boundary behind
+    /// its end, without waiting and without making anything durable, once
+    /// [`WRITEBACK_MIN_BYTES`] are waiting. The store's flusher calls it between flushes.
+    ///
+    /// A flush then finds little left to write, and what it writes is mostly the folios
+    /// at the end. Without it, each flush hands the disk a whole interval of data at once:
+    /// while the queue is full, the kernel holds the folio at the end of each file locked
+    /// for writeback, and the next append to that file waits for the disk (tens of
+    /// milliseconds in `docs/benchmarks.md`, W2).
+    pub(crate) fn write_back_early(&self) -> Result<()> {
+        if self.unflushed_bytes.load(Ordering::Acquire) < WRITEBACK_MIN_BYTES {
+            return Ok(());
+        }
+        let (file, base, size) = {
+            let st = self.state.read();
+            (st.active.file.clone(), st.active.base, st.active.size)
+        };
+        let mut written_back = self.written_back.lock();
+        let Some((from, end)) = early_writeback_range(*written_back, base, size) else {
+            return Ok(());
+        };
+        // Past this range even if the call failed: the next flush's fsync reports the
+        // error where it matters, and a failing range is not retried every tick.
+        *written_back = (base, end);
+        match start_writeback(&file, from, end - from) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(e).at(&self.active_path()),
+        }
+    }
+
+    /// How far early writeback of the active segment got: `(segment base, position)`.
+    #[cfg(test)]
+    pub(crate) fn written_back(&self) -> (i64, u64) {
+        *self.written_back.lock()
     }
 
     /// Keeps the log marked dirty after a failed flush so that a later one retries.

@@ -820,6 +820,20 @@ fn flusher_loop(shared: &StoreShared, registry: &Registry) {
                 }
             }
         }
+        // Between flushes, keep the disk writing what has accumulated (see
+        // `PartitionLog::write_back_early`).
+        let dirty: Vec<Arc<PartitionLog>> = registry
+            .logs
+            .read()
+            .values()
+            .filter(|log| log.is_dirty())
+            .cloned()
+            .collect();
+        for log in dirty {
+            if let Err(e) = log.write_back_early() {
+                tracing::warn!(log = %log.id(), "starting writeback failed: {e}");
+            }
+        }
         let journal_full = shared
             .journal
             .written()

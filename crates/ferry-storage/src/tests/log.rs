@@ -893,3 +893,69 @@ fn the_flusher_flushes_many_due_logs_together() {
         assert_eq!(&read_all(&log), expected);
     }
 }
+
+#[test]
+fn early_writeback_stops_at_a_boundary_behind_the_end() {
+    use crate::log::{early_writeback_range as range, WRITEBACK_ALIGN_BYTES as ALIGN};
+    // Nothing before the first boundary; then up to the last boundary, never past the end.
+    assert_eq!(range((-1, 0), 0, ALIGN - 1), None);
+    assert_eq!(range((-1, 0), 0, ALIGN + 5), Some((0, ALIGN)));
+    assert_eq!(range((-1, 0), 0, 3 * ALIGN + 5), Some((0, 3 * ALIGN)));
+    // Continues where it got to, once the end is a whole boundary further.
+    assert_eq!(range((0, ALIGN), 0, 2 * ALIGN - 1), None);
+    assert_eq!(range((0, ALIGN), 0, 2 * ALIGN), Some((ALIGN, 2 * ALIGN)));
+    // A new active segment starts from its beginning.
+    assert_eq!(range((0, 3 * ALIGN), 900, ALIGN), Some((0, ALIGN)));
+    // After a truncation below where it got to, from the beginning again.
+    assert_eq!(range((0, 3 * ALIGN), 0, ALIGN + 1), Some((0, ALIGN)));
+}
+
+#[test]
+fn the_flusher_starts_writeback_between_flushes() {
+    use crate::log::WRITEBACK_ALIGN_BYTES as ALIGN;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(StoreConfig {
+        checkpoint_interval_ms: 3_600_000,
+        ..StoreConfig::new(dir.path())
+    })
+    .expect("store opens");
+    // No flush comes during the test: only the flusher's early writeback touches the log.
+    let config = LogConfig {
+        flush: FlushPolicy::Async {
+            interval_ms: 3_600_000,
+            bytes: u64::MAX,
+        },
+        ..LogConfig::default()
+    };
+    let log = store.open_log(&id("early", 0), config).expect("log");
+    let wait_for = |position: u64| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while log.written_back() != (0, position) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "writeback got to {:?}, not {position}",
+                log.written_back()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    // About 66 KB per batch.
+    while log.size_bytes() < 2 * ALIGN + ALIGN / 2 {
+        log.append(make_batch(64, 1000, 0), 0, 0).expect("append");
+    }
+    wait_for(2 * ALIGN);
+    assert!(log.is_dirty(), "early writeback is not a flush");
+    while log.size_bytes() < 3 * ALIGN + 1 {
+        log.append(make_batch(64, 1000, 0), 0, 0).expect("append");
+    }
+    wait_for(3 * ALIGN);
+    let expected = read_all(&log);
+    drop(log);
+    store.shutdown().expect("shutdown");
+    drop(store);
+    let store = open_store(dir.path());
+    let log = store
+        .open_log(&id("early", 0), LogConfig::default())
+        .expect("log");
+    assert_eq!(read_all(&log), expected);
+}

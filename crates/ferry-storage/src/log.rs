@@ -1512,7 +1512,7 @@ impl PartitionLog {
     /// for writeback, and the next append to that file waits for the disk (tens of
     /// milliseconds in `docs/benchmarks.md`, W2).
     pub(crate) fn write_back_early(&self) -> Result<()> {
-        if self.unflushed_bytes.load(Ordering::Acquire) < WRITEBACK_MIN_BYTES {
+        if !self.may_write_back_early() {
             return Ok(());
         }
         let (file, base, size) = {
@@ -1530,6 +1530,12 @@ impl PartitionLog {
             Ok(()) => Ok(()),
             Err(e) => Err(e).at(&self.active_path()),
         }
+    }
+
+    /// Whether enough was appended since the last flush for [`Self::write_back_early`] to
+    /// have something to do (one atomic load: the flusher asks every log every tick).
+    pub(crate) fn may_write_back_early(&self) -> bool {
+        self.unflushed_bytes.load(Ordering::Acquire) >= WRITEBACK_MIN_BYTES
     }
 
     /// How far early writeback of the active segment got: `(segment base, position)`.

@@ -822,14 +822,14 @@ fn flusher_loop(shared: &StoreShared, registry: &Registry) {
         }
         // Between flushes, keep the disk writing what has accumulated (see
         // `PartitionLog::write_back_early`).
-        let dirty: Vec<Arc<PartitionLog>> = registry
+        let writing: Vec<Arc<PartitionLog>> = registry
             .logs
             .read()
             .values()
-            .filter(|log| log.is_dirty())
+            .filter(|log| log.may_write_back_early())
             .cloned()
             .collect();
-        for log in dirty {
+        for log in writing {
             if let Err(e) = log.write_back_early() {
                 tracing::warn!(log = %log.id(), "starting writeback failed: {e}");
             }

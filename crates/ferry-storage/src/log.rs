@@ -48,8 +48,9 @@ const META_FILE: &str = "meta.json";
 /// Version of `meta.json`.
 const META_VERSION: u32 = 1;
 /// Writeback ahead of flushes stops at a multiple of this behind the log's end: no page
-/// cache folio (at most 2 MiB on x86-64 and arm64) that an append may still write into is
-/// ever under writeback, so appends never wait for a folio the kernel is writing.
+/// cache folio (at most 2 MiB on x86-64, and on arm64 with 4 KiB pages) that an append may
+/// still write into is ever under writeback, so appends do not wait for a folio the kernel
+/// is writing. (Where folios can be larger, an append may wait; nothing is wrong.)
 pub(crate) const WRITEBACK_ALIGN_BYTES: u64 = 2 << 20;
 /// How much of the active segment has to be waiting before writeback is started early.
 pub(crate) const WRITEBACK_MIN_BYTES: u64 = 2 << 20;

@@ -94,6 +94,23 @@ impl<Q: Clone> DeliveryBook<Q> {
         true
     }
 
+    /// Reserves for `consumer` until it holds `window` reservations, or its limits stop
+    /// it; how many were added to the `held` it had. At most one is held while a
+    /// channel-wide limit is set: credit reserved by a consumer whose queue is idle is
+    /// credit its sibling consumers cannot use.
+    pub fn top_up(&mut self, consumer: &str, held: u32, window: u32) -> u32 {
+        let window = if self.global.limit == 0 {
+            window
+        } else {
+            window.min(1)
+        };
+        let mut added = 0;
+        while held + added < window && self.try_reserve(consumer) {
+            added += 1;
+        }
+        added
+    }
+
     /// Gives back a reservation that was not used.
     pub fn release(&mut self, consumer: &str) {
         if let Some(credit) = self.consumers.get_mut(consumer) {

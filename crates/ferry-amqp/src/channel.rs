@@ -18,7 +18,9 @@ use bytes::{Bytes, BytesMut};
 use ferry_core::auth::{Access, AuthedUser, ResourceKind};
 use ferry_core::message::Message;
 use ferry_core::mq::ConnectionId;
-use ferry_core::queue::{Consumer, ConsumerEnd, ConsumerSpec, Delivery, Queue, QueueType};
+use ferry_core::queue::{
+    Consumer, ConsumerEnd, ConsumerSpec, Delivery, Queue, QueueType, CONSUMER_WINDOW,
+};
 use ferry_core::routing::{Confirm, ExchangeDeclare, ExchangeKind, QueueDeclare, VHost};
 use ferry_core::Broker;
 use parking_lot::Mutex;
@@ -758,7 +760,7 @@ impl Channel {
             stream_start,
         })?;
         let stop = Arc::new(Notify::new());
-        let reserved = {
+        let held = {
             let mut state = self.shared.state.lock();
             state.book.add_consumer(tag.clone(), self.consumer_prefetch);
             state.consumers.insert(
@@ -770,12 +772,16 @@ impl Channel {
                     task: None,
                 },
             );
-            !c.no_ack && state.book.try_reserve(&tag)
+            if c.no_ack {
+                0
+            } else {
+                state.book.top_up(&tag, 0, CONSUMER_WINDOW)
+            }
         };
-        // A consumer with credit waits for messages from before its consume-ok: a client
+        // A consumer with credit is handed messages from before its consume-ok: a client
         // may publish as soon as it sees consume-ok, before the consumer task runs.
-        if c.no_ack || reserved {
-            queue.mark_ready(&consumer);
+        if held > 0 {
+            queue.grant(&consumer, held);
         }
         // consume-ok goes out before the first delivery: both go through the one queue.
         self.consume_ok(ctx, &tag, c.nowait).await?;
@@ -788,7 +794,7 @@ impl Channel {
             consumer,
             tag: tag.clone(),
             no_ack: c.no_ack,
-            reserved,
+            held,
             stop,
             timeout_ms: timeout,
         }));
@@ -1356,43 +1362,62 @@ struct ConsumerTask {
     consumer: Arc<Consumer>,
     tag: Arc<str>,
     no_ack: bool,
-    /// Credit for the first delivery was reserved at `basic.consume`.
-    reserved: bool,
+    /// Credit reserved (and granted to the queue) at `basic.consume`.
+    held: u32,
     stop: Arc<Notify>,
     timeout_ms: u64,
 }
 
-/// Delivers one consumer's messages while it has credit, until stopped.
+impl ConsumerTask {
+    /// Gives back the credit reserved and never used as a delivery.
+    fn release(&self, held: u32) {
+        let mut state = self.shared.state.lock();
+        for _ in 0..held {
+            state.book.release(&self.tag);
+        }
+    }
+}
+
+/// Delivers one consumer's messages until stopped. An acknowledging consumer keeps its
+/// queue granted as much credit as its prefetch limits allow (up to [`CONSUMER_WINDOW`]),
+/// topped up as acks free it, so the queue hands it messages while this task is busy
+/// writing the previous ones.
 async fn consumer_task(t: ConsumerTask) {
-    let mut reserved = t.reserved;
+    // Reserved in the book and granted to the queue, not yet taken as a delivery.
+    let mut held = t.held;
     loop {
-        if !t.no_ack && !std::mem::take(&mut reserved) {
-            loop {
-                let freed = t.shared.credit.notified();
-                tokio::pin!(freed);
-                freed.as_mut().enable();
-                if t.shared.state.lock().book.try_reserve(&t.tag) {
-                    break;
-                }
-                tokio::select! {
-                    () = t.stop.notified() => return,
-                    () = freed => {}
-                }
+        let freed = t.shared.credit.notified();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        if !t.no_ack {
+            let added = t
+                .shared
+                .state
+                .lock()
+                .book
+                .top_up(&t.tag, held, CONSUMER_WINDOW);
+            if added > 0 {
+                held += added;
+                t.queue.grant(&t.consumer, added);
             }
         }
         let next = tokio::select! {
             biased;
             () = t.stop.notified() => {
-                if !t.no_ack {
-                    t.shared.state.lock().book.release(&t.tag);
-                }
+                t.release(held);
                 return;
             }
-            next = t.queue.next_delivery(&t.consumer) => next,
+            // Credit freed: top up (taking a delivery is cancel-safe).
+            () = freed, if !t.no_ack && held < CONSUMER_WINDOW => continue,
+            next = t.queue.next_delivery(&t.consumer), if t.no_ack || held > 0 => next,
         };
+        if !t.no_ack && next.is_ok() {
+            held -= 1;
+        }
         let delivery = match next {
             Ok(delivery) => delivery,
             Err(ConsumerEnd::QueueDeleted) => {
+                t.release(held);
                 let had = {
                     let mut state = t.shared.state.lock();
                     state.book.remove_consumer(&t.tag);

@@ -42,6 +42,11 @@ const QUEUE_SEGMENT_BYTES: u64 = 64 << 20;
 const QUEUE_SEGMENT_BYTES: u64 = 1 << 20;
 /// Largest stored message batch (RabbitMQ's default `max_message_size` is 128 MiB).
 const QUEUE_BATCH_BYTES_MAX: u32 = (128 << 20) + (64 << 10);
+/// Most deliveries a consumer is handed ahead of taking them: a no-ack consumer's standing
+/// window, and the most credit an acknowledging consumer's adapter grants at once (less
+/// when its prefetch limit says so). Deliveries waiting in a consumer's mailbox keep the
+/// round-robin between consumers strict while their delivery tasks are busy writing.
+pub const CONSUMER_WINDOW: u32 = 32;
 /// Flush interval of a non-durable queue's log (its data never needs to survive).
 const TRANSIENT_FLUSH_MS: u64 = 5_000;
 /// Least time between two deletions of consumed segments of one queue.
@@ -186,10 +191,15 @@ struct Slot {
     priority: i32,
     no_ack: bool,
     shared: Arc<ConsumerShared>,
-    /// A delivery handed over and not yet taken by `next_delivery`.
-    mailbox: Option<Delivery>,
-    /// Waiting in `next_delivery` since this sequence number (round-robin order).
-    waiting: Option<u64>,
+    /// Deliveries handed over and not yet taken by `next_delivery`, oldest first.
+    mailbox: VecDeque<Delivery>,
+    /// Deliveries it may still be handed: what its adapter granted as prefetch allows
+    /// ([`Classic::grant`]); a no-ack consumer's is a standing window of
+    /// [`CONSUMER_WINDOW`] less its mailbox.
+    credit: u32,
+    /// When it was last handed a message (a sequence number): among consumers of equal
+    /// priority with credit, the least recently served comes next (round-robin).
+    served: u64,
 }
 
 /// Why the queue asks its vhost to delete it.
@@ -672,26 +682,22 @@ impl Classic {
         }
     }
 
-    /// The waiting consumer to serve next: single-active-consumer serves only the first
-    /// registered; otherwise the highest priority, longest waiting.
+    /// The consumer with credit to serve next: single-active-consumer serves only the first
+    /// registered; otherwise the highest priority, then the least recently served, then
+    /// the first registered.
     fn pick_consumer(st: &State, settings: &QueueSettings) -> Option<usize> {
-        let ready = |s: &Slot| s.waiting.is_some() && s.mailbox.is_none();
         if settings.single_active_consumer {
-            return st.consumers.first().filter(|s| ready(s)).map(|_| 0);
+            return st.consumers.first().filter(|s| s.credit > 0).map(|_| 0);
         }
         st.consumers
             .iter()
             .enumerate()
-            .filter(|(_, s)| ready(s))
-            .max_by(|(_, a), (_, b)| {
-                a.priority
-                    .cmp(&b.priority)
-                    .then_with(|| b.waiting.cmp(&a.waiting))
-            })
+            .filter(|(_, s)| s.credit > 0)
+            .min_by_key(|(i, s)| (std::cmp::Reverse(s.priority), s.served, *i))
             .map(|(i, _)| i)
     }
 
-    /// Hands ready messages to waiting consumers.
+    /// Hands ready messages to consumers with credit, into their mailboxes.
     fn dispatch(
         &self,
         st: &mut State,
@@ -704,9 +710,12 @@ impl Classic {
                 break;
             };
             let delivery = self.hand_out(st, index, held, true, now);
+            st.next_seq += 1;
+            let served = st.next_seq;
             let slot = &mut st.consumers[slot];
-            slot.mailbox = Some(delivery);
-            slot.waiting = None;
+            slot.mailbox.push_back(delivery);
+            slot.credit -= 1;
+            slot.served = served;
             slot.shared.notify.notify_one();
         }
         Ok(())
@@ -805,14 +814,17 @@ impl Classic {
         })
     }
 
-    /// Registers a consumer slot.
+    /// Registers a consumer slot; a no-ack consumer is handed ready messages at once.
+    #[allow(clippy::too_many_arguments)]
     pub fn add_consumer(
         &self,
+        settings: &QueueSettings,
         id: u64,
         priority: i32,
         no_ack: bool,
         shared: Arc<ConsumerShared>,
         now: i64,
+        dead: &mut DeadLetters,
     ) {
         let mut st = self.state.lock();
         if st.deleted {
@@ -824,12 +836,18 @@ impl Classic {
             priority,
             no_ack,
             shared,
-            mailbox: None,
-            waiting: None,
+            mailbox: VecDeque::new(),
+            credit: if no_ack { CONSUMER_WINDOW } else { 0 },
+            served: 0,
         });
         st.had_consumer = true;
         st.last_used_ms = now;
         st.delete_due = None;
+        if no_ack {
+            if let Err(e) = self.dispatch(&mut st, settings, now, dead) {
+                tracing::warn!("queue dispatch to a new consumer failed: {e}");
+            }
+        }
     }
 
     /// Ready messages.
@@ -873,7 +891,7 @@ impl Classic {
         level.requeued.insert(held.offset, held);
     }
 
-    /// Unregisters a consumer: a delivery it never took goes back; may make the queue due
+    /// Unregisters a consumer: deliveries it never took go back; may make the queue due
     /// for auto-delete.
     pub fn remove_consumer(
         &self,
@@ -887,7 +905,7 @@ impl Classic {
             return;
         };
         let slot = st.consumers.remove(pos);
-        if let Some(delivery) = slot.mailbox {
+        for delivery in slot.mailbox {
             self.requeue(&mut st, settings, delivery.id, false, dead);
         }
         st.last_used_ms = now;
@@ -905,41 +923,31 @@ impl Classic {
         self.persist(&mut st, now, false);
     }
 
-    /// Registers consumer `id` as waiting for a delivery unless one is already in its
-    /// mailbox, and hands it a ready message if there is one. `None` when the consumer is
-    /// gone; otherwise its position.
-    fn wait_for_delivery(
+    /// Gives consumer `id` credit for `n` more deliveries (its adapter reserved them from
+    /// its prefetch limit), and hands it ready messages at once. From then on a message is
+    /// handed to it as it is enqueued, even before its delivery task asks: a consumer that
+    /// has credit when `basic.consume-ok` goes out gets a message published right after
+    /// it, `x-message-ttl: 0` included. No-ack consumers need no grants.
+    pub fn grant(
         &self,
-        st: &mut State,
         settings: &QueueSettings,
         id: u64,
+        n: u32,
         now: i64,
         dead: &mut DeadLetters,
-    ) -> Option<usize> {
-        let pos = st.consumers.iter().position(|s| s.id == id)?;
-        if st.consumers[pos].mailbox.is_none() {
-            if st.consumers[pos].waiting.is_none() {
-                st.next_seq += 1;
-                st.consumers[pos].waiting = Some(st.next_seq);
-            }
-            if let Err(e) = self.dispatch(st, settings, now, dead) {
-                tracing::warn!("queue dispatch failed: {e}");
-            }
-        }
-        Some(pos)
-    }
-
-    /// Consumer `id` has credit for a delivery: from now on a message is offered to it as
-    /// it is enqueued, even before its delivery task asks (`next_delivery`). A consumer
-    /// that is ready when `basic.consume-ok` goes out must get a message published right
-    /// after it, `x-message-ttl: 0` included.
-    pub fn mark_ready(&self, settings: &QueueSettings, id: u64, now: i64, dead: &mut DeadLetters) {
+    ) {
         let mut st = self.state.lock();
-        self.wait_for_delivery(&mut st, settings, id, now, dead);
+        let Some(slot) = st.consumers.iter_mut().find(|s| s.id == id) else {
+            return;
+        };
+        slot.credit = slot.credit.saturating_add(n);
+        if let Err(e) = self.dispatch(&mut st, settings, now, dead) {
+            tracing::warn!("queue dispatch after a grant failed: {e}");
+        }
     }
 
-    /// The delivery waiting for consumer `id`, registering it as waiting if there is none.
-    /// `Err` when the consumer is gone.
+    /// Takes the oldest delivery handed to consumer `id`, if any. `Err` when the consumer
+    /// is gone.
     pub fn poll_delivery(
         &self,
         settings: &QueueSettings,
@@ -948,18 +956,21 @@ impl Classic {
         dead: &mut DeadLetters,
     ) -> Result<Option<Delivery>, ConsumerEnd> {
         let mut st = self.state.lock();
-        let Some(pos) = self.wait_for_delivery(&mut st, settings, id, now, dead) else {
+        let Some(slot) = st.consumers.iter_mut().find(|s| s.id == id) else {
             return Err(ConsumerEnd::QueueDeleted);
         };
-        let slot = &mut st.consumers[pos];
-        let no_ack = slot.no_ack;
-        let Some(delivery) = slot.mailbox.take() else {
+        let Some(delivery) = slot.mailbox.pop_front() else {
             return Ok(None);
         };
-        if no_ack {
+        if slot.no_ack {
+            // Its window opens by the one taken.
+            slot.credit += 1;
             let level = &mut st.levels[usize::from(delivery.id.level)];
             level.unacked.remove(&delivery.id.offset);
             level.settle(delivery.id.offset, delivery.id.offset + 1);
+            if let Err(e) = self.dispatch(&mut st, settings, now, dead) {
+                tracing::warn!("queue dispatch failed: {e}");
+            }
             self.persist(&mut st, now, false);
         }
         Ok(Some(delivery))

@@ -54,7 +54,7 @@ pub use classic::{
     storage_key, storage_key_of_log, DeleteReason, ACK_LOG_PREFIX, QUEUE_LOG_PREFIX,
 };
 use classic::{Classic, DeadLetters};
-pub use classic::{FLOW_DRAIN_MS, FLOW_READY_LIMIT};
+pub use classic::{CONSUMER_WINDOW, FLOW_DRAIN_MS, FLOW_READY_LIMIT};
 pub use settings::{
     max_age_ms, queue_resource, time_unit_ms, type_name, Overflow, QueueSettings, QueueType,
     MAX_EXPIRY_MS, MAX_PRIORITY,
@@ -509,7 +509,17 @@ impl Queue {
         }
         match &self.engine {
             Engine::Classic(classic) => {
-                classic.add_consumer(id, spec.priority, spec.no_ack, shared.clone(), now_ms());
+                let mut dead = Vec::new();
+                classic.add_consumer(
+                    &self.settings,
+                    id,
+                    spec.priority,
+                    spec.no_ack,
+                    shared.clone(),
+                    now_ms(),
+                    &mut dead,
+                );
+                self.send_dead_letters(dead);
             }
             Engine::Stream(stream) => stream.partition().register_waiter(&shared.notify),
         }
@@ -521,21 +531,25 @@ impl Queue {
         }))
     }
 
-    /// `consumer` has credit for a delivery from now on, before its first `next_delivery`:
-    /// a message enqueued meanwhile is offered to it (and waits for `next_delivery` to take
-    /// it) rather than being missed, or expiring at `x-message-ttl: 0`. The caller keeps
-    /// the credit for that first `next_delivery`.
-    pub fn mark_ready(&self, consumer: &Consumer) {
+    /// Gives an acknowledging `consumer` credit for `n` more deliveries, reserved from its
+    /// prefetch limit: the queue hands it up to that many messages, as they come, without
+    /// waiting for `next_delivery` to ask (so a message enqueued right after
+    /// `basic.consume-ok` is not missed, nor expired at `x-message-ttl: 0`). No-ack
+    /// consumers have a standing window of [`CONSUMER_WINDOW`]; streams read at their
+    /// consumer's pace and need no grants.
+    pub fn grant(&self, consumer: &Consumer, n: u32) {
         if let Engine::Classic(classic) = &self.engine {
             let mut dead = Vec::new();
-            classic.mark_ready(&self.settings, consumer.id, now_ms(), &mut dead);
+            classic.grant(&self.settings, consumer.id, n, now_ms(), &mut dead);
             self.send_dead_letters(dead);
         }
     }
 
-    /// Waits for the next message for `consumer` (honouring single-active-consumer,
-    /// consumer priority and round-robin between consumers). `Err(end)` when the consumer's
-    /// deliveries are over. The caller only asks when it has prefetch credit.
+    /// Waits for the next message handed to `consumer` (the queue hands them out by
+    /// single-active-consumer, consumer priority and strict round-robin among the
+    /// consumers with credit). `Err(end)` when the consumer's deliveries are over. An
+    /// acknowledging consumer of a classic queue is handed only as many as it was granted
+    /// ([`Queue::grant`]); of a stream, the caller only asks when it has prefetch credit.
     pub async fn next_delivery(
         &self,
         consumer: &Consumer,

@@ -194,31 +194,63 @@ async fn consumers_round_robin_and_no_ack() {
     let c1 = q.add_consumer(spec("c1")).expect("c1");
     let c2 = q.add_consumer(spec("c2")).expect("c2");
     assert_eq!(q.consumer_count(), 2);
-    // Both wait; messages then alternate between them.
-    let q1 = q.clone();
-    let k1 = c1.clone();
-    let t1 = tokio::spawn(async move { body(&q1.next_delivery(&k1).await.expect("d")) });
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let q2 = q.clone();
-    let k2 = c2.clone();
-    let t2 = tokio::spawn(async move { body(&q2.next_delivery(&k2).await.expect("d")) });
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    put(&q, &msg("m1"));
-    put(&q, &msg("m2"));
-    assert_eq!(within(t1).await.expect("join"), "m1");
-    assert_eq!(within(t2).await.expect("join"), "m2");
-    assert_eq!(q.message_count(), 0);
-    // A no-ack consumer's deliveries are settled when taken.
-    let mut spec3 = spec("c3");
-    spec3.no_ack = true;
+    // Without credit a consumer is handed nothing.
+    put(&q, &msg("m0"));
+    assert_eq!(q.message_count(), 1);
+    // Both get credit; messages then alternate between them, strictly, whether or not
+    // their delivery tasks are there to take them.
+    q.grant(&c1, 4);
+    q.grant(&c2, 4);
+    assert_eq!(q.message_count(), 0, "m0 handed to c1 at its grant");
+    for i in 1..=6 {
+        put(&q, &msg(&format!("m{i}")));
+    }
+    let bodies = |c: &Arc<Consumer>, n: usize| {
+        let q = q.clone();
+        let c = c.clone();
+        async move {
+            let mut got = Vec::new();
+            for _ in 0..n {
+                got.push(body(&within(q.next_delivery(&c)).await.expect("d")));
+            }
+            got
+        }
+    };
+    assert_eq!(bodies(&c1, 4).await, ["m0", "m2", "m4", "m6"]);
+    assert_eq!(bodies(&c2, 3).await, ["m1", "m3", "m5"]);
+    // c1's credit is used up: the next goes to c2, then two wait.
+    for i in 7..=9 {
+        put(&q, &msg(&format!("m{i}")));
+    }
+    assert_eq!(bodies(&c2, 1).await, ["m7"]);
+    assert_eq!(q.message_count(), 2);
+    // A consumer leaving puts back what it was handed and never took, unmarked.
+    q.grant(&c1, 1);
     q.remove_consumer(&c1);
     q.remove_consumer(&c2);
+    let again = get(&q);
+    assert_eq!(body(&again), "m8");
+    assert!(!again.redelivered);
+    assert_eq!(body(&get(&q)), "m9");
+
+    // A no-ack consumer is handed a bounded window ahead of taking; deliveries are
+    // settled when taken. It needs no grant, also for the messages there before it came.
+    let window = u64::from(CONSUMER_WINDOW);
+    for i in 0..window {
+        put(&q, &msg(&format!("n{i}")));
+    }
+    let mut spec3 = spec("c3");
+    spec3.no_ack = true;
     let c3 = q.add_consumer(spec3).expect("c3");
-    put(&q, &msg("m3"));
-    let d = within(q.next_delivery(&c3)).await.expect("d");
-    assert_eq!(body(&d), "m3");
-    q.reject(&[d.id], true).expect("no-op");
     assert_eq!(q.message_count(), 0);
+    put(&q, &msg("over1"));
+    put(&q, &msg("over2"));
+    assert_eq!(q.message_count(), 2);
+    let d = within(q.next_delivery(&c3)).await.expect("d");
+    assert_eq!(body(&d), "n0");
+    assert_eq!(q.message_count(), 1, "taking one opens the window by one");
+    q.reject(&[d.id], true).expect("no-op");
+    assert_eq!(q.message_count(), 1);
 }
 
 #[tokio::test]
@@ -229,15 +261,19 @@ async fn consumer_priority_single_active_and_exclusive() {
     let mut high_spec = spec("high");
     high_spec.priority = 10;
     let high = q.add_consumer(high_spec).expect("high");
-    let (ql, kl) = (q.clone(), low.clone());
-    let low_task = tokio::spawn(async move { body(&ql.next_delivery(&kl).await.expect("d")) });
-    let (qh, kh) = (q.clone(), high.clone());
-    let high_task = tokio::spawn(async move { body(&qh.next_delivery(&kh).await.expect("d")) });
-    tokio::time::sleep(Duration::from_millis(30)).await;
-    put(&q, &msg("first"));
-    assert_eq!(within(high_task).await.expect("join"), "first");
-    put(&q, &msg("second"));
-    assert_eq!(within(low_task).await.expect("join"), "second");
+    q.grant(&low, 2);
+    q.grant(&high, 2);
+    // The higher priority gets messages while it has credit, then the lower.
+    for m in ["first", "second", "third"] {
+        put(&q, &msg(m));
+    }
+    let next = |c: &Arc<Consumer>| {
+        let (q, c) = (q.clone(), c.clone());
+        async move { body(&within(q.next_delivery(&c)).await.expect("d")) }
+    };
+    assert_eq!(next(&high).await, "first");
+    assert_eq!(next(&high).await, "second");
+    assert_eq!(next(&low).await, "third");
 
     let mut excl = spec("x");
     excl.exclusive = true;
@@ -256,6 +292,8 @@ async fn consumer_priority_single_active_and_exclusive() {
     );
     let first = sac.add_consumer(spec("first")).expect("first");
     let second = sac.add_consumer(spec("second")).expect("second");
+    sac.grant(&first, 1);
+    sac.grant(&second, 1);
     put(&sac, &msg("1"));
     put(&sac, &msg("2"));
     let (qs, ks) = (sac.clone(), second.clone());
@@ -314,17 +352,19 @@ async fn ttl_expires_at_the_head_even_without_consumers() {
 }
 
 #[tokio::test]
-async fn zero_ttl_delivers_only_to_a_waiting_consumer() {
+async fn zero_ttl_delivers_only_to_a_consumer_with_credit() {
     let fx = Fixture::new();
     let q = fx.queue(false, &[("x-message-ttl", FieldValue::I32(0))]);
     let c = q.add_consumer(spec("c")).expect("c");
-    let (qq, cc) = (q.clone(), c.clone());
-    let waiting = tokio::spawn(async move { body(&qq.next_delivery(&cc).await.expect("d")) });
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    q.grant(&c, 1);
     put(&q, &msg("caught"));
-    assert_eq!(within(waiting).await.expect("join"), "caught");
+    assert_eq!(
+        body(&within(q.next_delivery(&c)).await.expect("d")),
+        "caught"
+    );
     put(&q, &msg("dropped"));
-    // No consumer waits now: expired at once, a get right after the publish finds nothing.
+    // No consumer has credit now: expired at once, a get right after the publish finds
+    // nothing.
     assert!(q.get(false).expect("get").is_none());
     wait_until(|| q.message_count() == 0).await;
     assert_nothing_delivered(&q, &c).await;
@@ -336,7 +376,7 @@ async fn zero_ttl_reaches_a_ready_consumer_before_it_asks() {
     let q = fx.queue(false, &[("x-message-ttl", FieldValue::I32(0))]);
     // basic.consume with credit: ready at once, its delivery task not yet running.
     let ready = q.add_consumer(spec("ready")).expect("ready");
-    q.mark_ready(&ready);
+    q.grant(&ready, 1);
     put(&q, &msg("published right after consume-ok"));
     assert_eq!(
         body(&within(q.next_delivery(&ready)).await.expect("delivery")),
@@ -463,8 +503,9 @@ fn put_throttled(queue: &Queue, m: &Message) -> bool {
     }
 }
 
-/// Takes `n` deliveries for `consumer`.
+/// Grants `consumer` credit for `n` deliveries and takes them.
 async fn take(q: &Queue, consumer: &Consumer, n: usize, into: &mut Vec<DeliveryId>) {
+    q.grant(consumer, u32::try_from(n).expect("n"));
     for _ in 0..n {
         into.push(
             within(q.next_delivery(consumer))
@@ -623,6 +664,7 @@ async fn delete_ends_consumers_and_removes_logs() {
     let q = fx.queue(true, &[]);
     put(&q, &msg("1"));
     let c = q.add_consumer(spec("c")).expect("c");
+    q.grant(&c, 2);
     let d = within(q.next_delivery(&c)).await.expect("d");
     assert_eq!(body(&d), "1");
     let (qq, cc) = (q.clone(), c.clone());
@@ -966,10 +1008,13 @@ async fn throughput_publish_consume() {
     let consumer = q.add_consumer(spec("c")).expect("consumer");
     let started = std::time::Instant::now();
     let (qc, cc) = (q.clone(), consumer.clone());
+    // Credit as the AMQP adapter keeps it for a consumer without a prefetch limit.
+    q.grant(&consumer, CONSUMER_WINDOW);
     let consuming = tokio::spawn(async move {
         let mut pending = Vec::with_capacity(ACK_BATCH);
         for _ in 0..MESSAGES {
             let d = qc.next_delivery(&cc).await.expect("delivery");
+            qc.grant(&cc, 1);
             pending.push(d.id);
             if pending.len() == ACK_BATCH {
                 qc.ack(&pending).expect("ack");

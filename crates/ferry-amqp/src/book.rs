@@ -282,6 +282,23 @@ mod tests {
     }
 
     #[test]
+    fn top_up_reserves_to_the_window_within_the_limits() {
+        let mut book: DeliveryBook<u8> = DeliveryBook::default();
+        book.add_consumer(Arc::from("limited"), 5);
+        book.add_consumer(Arc::from("unlimited"), 0);
+        assert_eq!(book.top_up("limited", 0, 32), 5, "per-consumer limit 5");
+        assert_eq!(book.top_up("limited", 5, 32), 0);
+        assert_eq!(book.top_up("unlimited", 0, 8), 8, "the window");
+        assert_eq!(book.top_up("unlimited", 6, 8), 2);
+        assert_eq!(book.top_up("missing", 0, 8), 0);
+        // With a channel-wide limit a consumer holds at most one reservation.
+        book.set_global_limit(100);
+        book.add_consumer(Arc::from("shared"), 0);
+        assert_eq!(book.top_up("shared", 0, 32), 1);
+        assert_eq!(book.top_up("shared", 1, 32), 0);
+    }
+
+    #[test]
     fn prefetch_per_consumer_and_global() {
         let now = Instant::now();
         let mut book: DeliveryBook<u8> = DeliveryBook::default();

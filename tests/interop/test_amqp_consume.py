@@ -169,6 +169,35 @@ def test_qos_prefetch_is_honoured(conn, cleanup):
     assert len(got) == 7
 
 
+def test_channel_wide_prefetch_is_shared_by_the_channel_consumers(conn, cleanup):
+    """basic.qos global=true: one limit for all the channel's consumers (RabbitMQ 3.x). A
+    consumer of an empty queue holds none of it: its sibling gets messages up to the limit."""
+    idle = setup_queue(conn, cleanup, "gqos-idle")
+    busy = setup_queue(conn, cleanup, "gqos-busy", 6)
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=2, global_qos=True)
+    got = []
+    ch.basic_consume(idle, lambda c, m, p, b: got.append((m, b)))
+    ch.basic_consume(busy, lambda c, m, p, b: got.append((m, b)))
+    pump(conn, lambda: len(got) >= 2)
+    conn.process_data_events(0.5)
+    assert [b for _m, b in got] == [b"0", b"1"], "the channel-wide limit is 2"
+    ch.basic_ack(got[1][0].delivery_tag, multiple=True)
+    pump(conn, lambda: len(got) >= 4)
+    conn.process_data_events(0.3)
+    assert [b for _m, b in got] == [b"0", b"1", b"2", b"3"]
+    # A message for the idle queue takes its share of the same limit once there is room.
+    pub = conn.channel()
+    pub.confirm_delivery()
+    pub.basic_publish("", idle, b"idle")
+    conn.process_data_events(0.3)
+    assert len(got) == 4, "no room left under the channel-wide limit"
+    ch.basic_ack(got[2][0].delivery_tag)
+    pump(conn, lambda: len(got) >= 5)
+    conn.process_data_events(0.3)
+    assert len(got) == 5 and got[4][1] in (b"idle", b"4")
+
+
 def test_qos_prefetch_size_not_supported(conn):
     """RabbitMQ rejects a non-zero prefetch_size."""
     code, text = connection_close(lambda: conn.channel().basic_qos(prefetch_size=1000))

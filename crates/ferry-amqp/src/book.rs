@@ -2,13 +2,17 @@
 //! deliveries they name, prefetch credit (per consumer and channel-wide, as RabbitMQ 3.x's
 //! `basic.qos` global=false / global=true), and the coalescing of publisher confirms.
 //!
+//! Per-consumer credit is reserved here and granted to the queue ahead of deliveries; the
+//! channel-wide limit is a [`SharedLimit`] the queues take from as they hand messages out
+//! (so a consumer of an idle queue holds none of it), given back here on settlement.
+//!
 //! Generic over the queue handle so it is unit-tested without a broker.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_core::queue::DeliveryId;
+use ferry_core::queue::{DeliveryId, SharedLimit};
 
 /// One delivered, not yet settled message.
 #[derive(Clone, Debug)]
@@ -38,8 +42,8 @@ struct Credit {
 pub struct DeliveryBook<Q> {
     last_tag: u64,
     unacked: BTreeMap<u64, Unacked<Q>>,
-    /// Channel-wide limit (`basic.qos` global=true) and its count.
-    global: Credit,
+    /// Channel-wide limit (`basic.qos` global=true), shared with the channel's consumers.
+    global: Arc<SharedLimit>,
     /// Per-consumer limits and counts, by consumer tag.
     consumers: HashMap<Arc<str>, Credit>,
 }
@@ -49,10 +53,7 @@ impl<Q> Default for DeliveryBook<Q> {
         DeliveryBook {
             last_tag: 0,
             unacked: BTreeMap::new(),
-            global: Credit {
-                limit: 0,
-                outstanding: 0,
-            },
+            global: Arc::default(),
             consumers: HashMap::new(),
         }
     }
@@ -61,7 +62,12 @@ impl<Q> Default for DeliveryBook<Q> {
 impl<Q: Clone> DeliveryBook<Q> {
     /// Sets the channel-wide prefetch limit.
     pub fn set_global_limit(&mut self, limit: u16) {
-        self.global.limit = limit;
+        self.global.set_limit(u32::from(limit));
+    }
+
+    /// The channel-wide limit, for the consumers' queues to take from.
+    pub fn global_limit(&self) -> &Arc<SharedLimit> {
+        &self.global
     }
 
     /// Registers a consumer with its prefetch limit (0: unlimited).
@@ -80,30 +86,21 @@ impl<Q: Clone> DeliveryBook<Q> {
         self.consumers.remove(tag);
     }
 
-    /// Takes one unit of credit for `consumer` if both limits allow it.
+    /// Takes one unit of credit for `consumer` if its own limit allows it.
     pub fn try_reserve(&mut self, consumer: &str) -> bool {
         let Some(credit) = self.consumers.get_mut(consumer) else {
             return false;
         };
-        let allows = |c: &Credit| c.limit == 0 || c.outstanding < u32::from(c.limit);
-        if !allows(credit) || !allows(&self.global) {
+        if credit.limit != 0 && credit.outstanding >= u32::from(credit.limit) {
             return false;
         }
         credit.outstanding += 1;
-        self.global.outstanding += 1;
         true
     }
 
-    /// Reserves for `consumer` until it holds `window` reservations, or its limits stop
-    /// it; how many were added to the `held` it had. At most one is held while a
-    /// channel-wide limit is set: credit reserved by a consumer whose queue is idle is
-    /// credit its sibling consumers cannot use.
+    /// Reserves for `consumer` until it holds `window` reservations, or its limit stops it;
+    /// how many were added to the `held` it had.
     pub fn top_up(&mut self, consumer: &str, held: u32, window: u32) -> u32 {
-        let window = if self.global.limit == 0 {
-            window
-        } else {
-            window.min(1)
-        };
         let mut added = 0;
         while held + added < window && self.try_reserve(consumer) {
             added += 1;
@@ -116,7 +113,6 @@ impl<Q: Clone> DeliveryBook<Q> {
         if let Some(credit) = self.consumers.get_mut(consumer) {
             credit.outstanding = credit.outstanding.saturating_sub(1);
         }
-        self.global.outstanding = self.global.outstanding.saturating_sub(1);
     }
 
     /// The next delivery tag, without recording anything (no-ack deliveries).
@@ -192,14 +188,17 @@ impl<Q: Clone> DeliveryBook<Q> {
             if let Some(credit) = self.consumers.get_mut(consumer) {
                 credit.outstanding += 1;
             }
-            self.global.outstanding += 1;
+            self.global.take();
         }
         self.unacked.insert(tag, entry);
     }
 
+    /// A settled consumer delivery frees its consumer's credit and its share of the
+    /// channel-wide limit (taken when its queue handed it out).
     fn release_for(&mut self, entry: &Unacked<Q>) {
         if let Some(consumer) = &entry.consumer {
             self.release(consumer);
+            self.global.give_back(1);
         }
     }
 
@@ -291,11 +290,10 @@ mod tests {
         assert_eq!(book.top_up("unlimited", 0, 8), 8, "the window");
         assert_eq!(book.top_up("unlimited", 6, 8), 2);
         assert_eq!(book.top_up("missing", 0, 8), 0);
-        // With a channel-wide limit a consumer holds at most one reservation.
-        book.set_global_limit(100);
+        // The channel-wide limit is not reserved ahead: it is taken at hand-out.
+        book.set_global_limit(1);
         book.add_consumer(Arc::from("shared"), 0);
-        assert_eq!(book.top_up("shared", 0, 32), 1);
-        assert_eq!(book.top_up("shared", 1, 32), 0);
+        assert_eq!(book.top_up("shared", 0, 32), 32);
     }
 
     #[test]
@@ -305,20 +303,42 @@ mod tests {
         let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
         book.add_consumer(a.clone(), 2);
         book.add_consumer(b.clone(), 0);
-        book.set_global_limit(3);
         assert!(book.try_reserve("a"));
         assert!(book.try_reserve("a"));
         assert!(!book.try_reserve("a"), "per-consumer limit 2");
         assert!(book.try_reserve("b"));
-        assert!(!book.try_reserve("b"), "channel-wide limit 3");
         book.release("b");
-        let t1 = book.record(0, id(1), Some(a.clone()), 10, now);
-        let _t2 = book.record(0, id(2), Some(a.clone()), 10, now);
-        assert!(book.try_reserve("b"));
-        // Acking one of a's frees a's and the channel's credit.
-        book.take(t1, false).expect("known");
+        // The channel-wide limit of 3, taken by the queues as they hand messages out.
+        book.set_global_limit(3);
+        let global = book.global_limit().clone();
+        let mut tags = Vec::new();
+        for (n, consumer) in [&a, &a, &b].into_iter().enumerate() {
+            assert!(global.try_take());
+            tags.push(book.record(0, id(n as i64), Some(consumer.clone()), 10, now));
+        }
+        assert!(
+            !global.has_room() && !global.try_take(),
+            "channel-wide limit 3"
+        );
+        // Acking one of a's frees a's credit and a share of the channel's.
+        book.take(tags[0], false).expect("known");
         assert!(book.try_reserve("a"));
-        assert!(!book.try_reserve("b"));
+        assert!(global.try_take());
+        tags.push(book.record(0, id(3), Some(a.clone()), 10, now));
+        // A rolled-back transaction's delivery takes its share back, even over the limit.
+        let (tag, entry) = book
+            .take_with_tags(tags[2], false)
+            .expect("known")
+            .remove(0);
+        assert!(global.has_room());
+        book.restore(tag, entry);
+        assert!(!global.has_room());
+        // basic.get deliveries count against no limit.
+        book.take(0, true).expect("all");
+        let get = book.record(0, id(9), None, 10, now);
+        book.take(get, false).expect("known");
+        assert!(global.try_take() && global.try_take() && global.try_take());
+        assert!(!global.try_take());
         // Unknown consumers have no credit.
         assert!(!book.try_reserve("zzz"));
     }

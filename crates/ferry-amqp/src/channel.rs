@@ -19,7 +19,7 @@ use ferry_core::auth::{Access, AuthedUser, ResourceKind};
 use ferry_core::message::Message;
 use ferry_core::mq::ConnectionId;
 use ferry_core::queue::{
-    Consumer, ConsumerEnd, ConsumerSpec, Delivery, Queue, QueueType, CONSUMER_WINDOW,
+    Consumer, ConsumerEnd, ConsumerSpec, Delivery, Queue, QueueType, SharedLimit, CONSUMER_WINDOW,
 };
 use ferry_core::routing::{Confirm, ExchangeDeclare, ExchangeKind, QueueDeclare, VHost};
 use ferry_core::Broker;
@@ -751,6 +751,7 @@ impl Channel {
         }
         let stream_start = stream_start(arguments.get("x-stream-offset"), now_ms())
             .map_err(|text| AmqpError::channel(PRECONDITION_FAILED, text))?;
+        let limit = self.shared.state.lock().book.global_limit().clone();
         let consumer = queue.add_consumer(ConsumerSpec {
             tag: tag.to_string(),
             connection: ctx.conn,
@@ -758,6 +759,7 @@ impl Channel {
             no_ack: c.no_ack,
             priority,
             stream_start,
+            shared_limit: Some(limit.clone()),
         })?;
         let stop = Arc::new(Notify::new());
         let held = {
@@ -795,6 +797,7 @@ impl Channel {
             tag: tag.clone(),
             no_ack: c.no_ack,
             held,
+            limit,
             stop,
             timeout_ms: timeout,
         }));
@@ -1364,6 +1367,8 @@ struct ConsumerTask {
     no_ack: bool,
     /// Credit reserved (and granted to the queue) at `basic.consume`.
     held: u32,
+    /// The channel-wide limit, which the queue takes from as it hands messages out.
+    limit: Arc<SharedLimit>,
     stop: Arc<Notify>,
     timeout_ms: u64,
 }
@@ -1379,16 +1384,22 @@ impl ConsumerTask {
 }
 
 /// Delivers one consumer's messages until stopped. An acknowledging consumer keeps its
-/// queue granted as much credit as its prefetch limits allow (up to [`CONSUMER_WINDOW`]),
+/// queue granted as much credit as its prefetch limit allows (up to [`CONSUMER_WINDOW`]),
 /// topped up as acks free it, so the queue hands it messages while this task is busy
-/// writing the previous ones.
+/// writing the previous ones. Under a channel-wide limit, room freed anywhere on the
+/// channel makes it ask its queue to look again.
 async fn consumer_task(t: ConsumerTask) {
     // Reserved in the book and granted to the queue, not yet taken as a delivery.
     let mut held = t.held;
+    let mut woken = false;
     loop {
         let freed = t.shared.credit.notified();
         tokio::pin!(freed);
         freed.as_mut().enable();
+        // Woken only while a channel-wide limit is set, or when one is set.
+        let room = t.limit.freed();
+        tokio::pin!(room);
+        room.as_mut().enable();
         if !t.no_ack {
             let added = t
                 .shared
@@ -1396,8 +1407,8 @@ async fn consumer_task(t: ConsumerTask) {
                 .lock()
                 .book
                 .top_up(&t.tag, held, CONSUMER_WINDOW);
-            if added > 0 {
-                held += added;
+            held += added;
+            if added > 0 || std::mem::take(&mut woken) {
                 t.queue.grant(&t.consumer, added);
             }
         }
@@ -1407,8 +1418,12 @@ async fn consumer_task(t: ConsumerTask) {
                 t.release(held);
                 return;
             }
-            // Credit freed: top up (taking a delivery is cancel-safe).
+            // Credit or room freed: top up, look again (taking a delivery is cancel-safe).
             () = freed, if !t.no_ack && held < CONSUMER_WINDOW => continue,
+            () = room, if !t.no_ack => {
+                woken = true;
+                continue;
+            }
             next = t.queue.next_delivery(&t.consumer), if t.no_ack || held > 0 => next,
         };
         if !t.no_ack && next.is_ok() {

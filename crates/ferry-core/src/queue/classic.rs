@@ -682,17 +682,18 @@ impl Classic {
         }
     }
 
-    /// The consumer with credit to serve next: single-active-consumer serves only the first
-    /// registered; otherwise the highest priority, then the least recently served, then
-    /// the first registered.
+    /// The consumer with credit (and room under its shared limit) to serve next:
+    /// single-active-consumer serves only the first registered; otherwise the highest
+    /// priority, then the least recently served, then the first registered.
     fn pick_consumer(st: &State, settings: &QueueSettings) -> Option<usize> {
+        let ready = |s: &Slot| s.credit > 0 && s.shared.limit.as_ref().is_none_or(|l| l.has_room());
         if settings.single_active_consumer {
-            return st.consumers.first().filter(|s| s.credit > 0).map(|_| 0);
+            return st.consumers.first().filter(|s| ready(s)).map(|_| 0);
         }
         st.consumers
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.credit > 0)
+            .filter(|(_, s)| ready(s))
             .min_by_key(|(i, s)| (std::cmp::Reverse(s.priority), s.served, *i))
             .map(|(i, _)| i)
     }
@@ -706,7 +707,16 @@ impl Classic {
         dead: &mut DeadLetters,
     ) -> MqResult<()> {
         while let Some(slot) = Self::pick_consumer(st, settings) {
+            let limit = st.consumers[slot].shared.limit.clone();
+            // Another queue may have taken the last room since the pick: its delivery's
+            // settlement wakes the consumers to look again.
+            if limit.as_ref().is_some_and(|l| !l.try_take()) {
+                break;
+            }
             let Some((index, held)) = Self::pop_ready(st, settings, now, dead)? else {
+                if let Some(limit) = limit {
+                    limit.untake(1);
+                }
                 break;
             };
             let delivery = self.hand_out(st, index, held, true, now);
@@ -814,6 +824,13 @@ impl Classic {
         })
     }
 
+    /// Gives the shared limit back what a leaving consumer was handed and never took.
+    fn give_back_mailbox(slot: &Slot) {
+        if let Some(limit) = &slot.shared.limit {
+            limit.give_back(u32::try_from(slot.mailbox.len()).unwrap_or(u32::MAX));
+        }
+    }
+
     /// Registers a consumer slot; a no-ack consumer is handed ready messages at once.
     #[allow(clippy::too_many_arguments)]
     pub fn add_consumer(
@@ -905,6 +922,7 @@ impl Classic {
             return;
         };
         let slot = st.consumers.remove(pos);
+        Self::give_back_mailbox(&slot);
         for delivery in slot.mailbox {
             self.requeue(&mut st, settings, delivery.id, false, dead);
         }
@@ -1073,6 +1091,7 @@ impl Classic {
         }
         st.deleted |= delete;
         for slot in st.consumers.drain(..) {
+            Self::give_back_mailbox(&slot);
             slot.shared.end(end.clone());
         }
         self.wake_publishers(&st);

@@ -29,7 +29,7 @@
 //! auto-delete requests through [`DeadLetterSink::delete_queue`], deletion of consumed
 //! segments, coalesced ack records, ack-log snapshots).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -180,6 +180,89 @@ pub struct ConsumerSpec {
     pub priority: i32,
     /// Stream queues: where to start.
     pub stream_start: StreamStart,
+    /// A limit shared with other consumers (AMQP `basic.qos` global=true), taken from as
+    /// messages are handed to this consumer; ignored when `no_ack`.
+    pub shared_limit: Option<Arc<SharedLimit>>,
+}
+
+/// A prefetch limit several consumers share (AMQP `basic.qos` global=true, as RabbitMQ
+/// 3.x): a queue takes one from it as it hands a message to one of them, their channel
+/// gives it back as the delivery is settled. Taken at hand-out rather than reserved ahead,
+/// so a consumer of an idle queue holds none of it.
+#[derive(Debug, Default)]
+pub struct SharedLimit {
+    /// Most deliveries outstanding (0: unlimited).
+    limit: AtomicU32,
+    outstanding: AtomicU32,
+    /// Woken when room may have appeared (a delivery given back under a limit, a new
+    /// limit).
+    freed: Notify,
+}
+
+impl SharedLimit {
+    /// Sets the limit (0: unlimited); what is outstanding stays counted.
+    pub fn set_limit(&self, limit: u32) {
+        self.limit.store(limit, Ordering::Relaxed);
+        self.freed.notify_waiters();
+    }
+
+    /// Whether a limit is set.
+    pub fn is_limited(&self) -> bool {
+        self.limit.load(Ordering::Relaxed) != 0
+    }
+
+    /// Whether one more may be taken now.
+    pub fn has_room(&self) -> bool {
+        let limit = self.limit.load(Ordering::Relaxed);
+        limit == 0 || self.outstanding.load(Ordering::Relaxed) < limit
+    }
+
+    /// Takes one if there is room.
+    pub fn try_take(&self) -> bool {
+        self.outstanding
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                let limit = self.limit.load(Ordering::Relaxed);
+                (limit == 0 || n < limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Takes one regardless of the limit (a rolled-back transaction's deliveries return).
+    pub fn take(&self) {
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Gives back `n` and, while a limit is set, wakes whoever waits for room (without
+    /// one nothing waits for room, and settlements need not wake anyone).
+    pub fn give_back(&self, n: u32) {
+        if n > 0 {
+            self.untake(n);
+            if self.is_limited() {
+                self.freed.notify_waiters();
+            }
+        }
+    }
+
+    /// Gives back `n` taken for nothing (no message to hand out), waking no one.
+    pub(crate) fn untake(&self, n: u32) {
+        let _ = self
+            .outstanding
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_sub(n))
+            });
+    }
+
+    /// Completes when room may have appeared; enable it before looking, as with
+    /// [`Notify::notified`].
+    pub fn freed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.freed.notified()
+    }
+
+    /// Outstanding deliveries.
+    #[cfg(test)]
+    pub(crate) fn outstanding(&self) -> u32 {
+        self.outstanding.load(Ordering::Relaxed)
+    }
 }
 
 /// Why a consumer's deliveries ended (the adapter sends a server-side cancel or closes the
@@ -214,11 +297,13 @@ impl Consumer {
     }
 }
 
-/// The part of a consumer the queue keeps: its wake-up and why it ended.
+/// The part of a consumer the queue keeps: its wake-up, its shared limit and why it ended.
 #[derive(Debug, Default)]
 pub(crate) struct ConsumerShared {
     /// Woken when a delivery is handed over or the consumer ends.
     pub notify: Arc<Notify>,
+    /// The limit it shares with other consumers, if any (never for no-ack consumers).
+    pub limit: Option<Arc<SharedLimit>>,
     end: Mutex<Option<ConsumerEnd>>,
 }
 
@@ -494,7 +579,10 @@ impl Queue {
             Engine::Classic(_) => None,
         };
         let id = NEXT_CONSUMER.fetch_add(1, Ordering::Relaxed);
-        let shared = Arc::new(ConsumerShared::default());
+        let shared = Arc::new(ConsumerShared {
+            limit: spec.shared_limit.clone().filter(|_| !spec.no_ack),
+            ..ConsumerShared::default()
+        });
         {
             let mut consumers = self.consumers.lock();
             if consumers.iter().any(|(_, exclusive)| *exclusive)
@@ -577,7 +665,27 @@ impl Queue {
                     let Some(cursor) = &consumer.stream else {
                         return Err(ConsumerEnd::QueueDeleted);
                     };
+                    // Room under a shared limit is taken before reading, given back when
+                    // there was nothing to read.
+                    let limit = consumer.shared.limit.as_deref();
+                    if let Some(limit) = limit {
+                        let freed = limit.freed();
+                        tokio::pin!(freed);
+                        freed.as_mut().enable();
+                        if !limit.try_take() {
+                            tokio::select! {
+                                () = consumer.shared.notify.notified() => {}
+                                () = freed => {}
+                            }
+                            continue;
+                        }
+                    }
                     let polled = stream.poll(&mut cursor.lock());
+                    if !matches!(polled, Ok(Some(_))) {
+                        if let Some(limit) = limit {
+                            limit.untake(1);
+                        }
+                    }
                     match polled {
                         Ok(Some(delivery)) => return Ok(delivery),
                         Ok(None) => {}

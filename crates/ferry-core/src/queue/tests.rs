@@ -146,6 +146,7 @@ fn spec(tag: &str) -> ConsumerSpec {
         no_ack: false,
         priority: 0,
         stream_start: StreamStart::Next,
+        shared_limit: None,
     }
 }
 
@@ -251,6 +252,64 @@ async fn consumers_round_robin_and_no_ack() {
     assert_eq!(q.message_count(), 1, "taking one opens the window by one");
     q.reject(&[d.id], true).expect("no-op");
     assert_eq!(q.message_count(), 1);
+}
+
+#[tokio::test]
+async fn a_shared_limit_is_taken_at_hand_out() {
+    let fx = Fixture::new();
+    let idle = fx.named("idle", false, false, &[]);
+    let busy = fx.named("busy", false, false, &[]);
+    let limit = Arc::new(SharedLimit::default());
+    limit.set_limit(2);
+    let with_limit = |tag: &str| {
+        let mut spec = spec(tag);
+        spec.shared_limit = Some(limit.clone());
+        spec
+    };
+    // The idle queue's consumer has credit, and holds none of the shared limit.
+    let waiting = idle.add_consumer(with_limit("waiting")).expect("c");
+    idle.grant(&waiting, 8);
+    let working = busy.add_consumer(with_limit("working")).expect("c");
+    busy.grant(&working, 8);
+    for i in 0..4 {
+        put(&busy, &msg(&i.to_string()));
+    }
+    assert_eq!(
+        busy.message_count(),
+        2,
+        "two handed out under the limit of 2"
+    );
+    assert_eq!(limit.outstanding(), 2);
+    // A message for the idle queue waits for room too.
+    put(&idle, &msg("idle"));
+    assert_eq!(idle.message_count(), 1);
+    // Settling one gives room back; the consumers' queues then look again (the adapter
+    // asks them to, as here with an empty grant) and the first to look takes it.
+    assert_eq!(
+        body(&within(busy.next_delivery(&working)).await.expect("d")),
+        "0"
+    );
+    limit.give_back(1);
+    busy.grant(&working, 0);
+    idle.grant(&waiting, 0);
+    assert_eq!((busy.message_count(), idle.message_count()), (1, 1));
+    assert_eq!(limit.outstanding(), 2);
+    // A consumer that leaves gives back what it was handed and never took ("1", "2").
+    busy.remove_consumer(&working);
+    assert_eq!(limit.outstanding(), 0);
+    assert_eq!(busy.message_count(), 3);
+    idle.grant(&waiting, 0);
+    assert_eq!(
+        body(&within(idle.next_delivery(&waiting)).await.expect("d")),
+        "idle"
+    );
+    assert_eq!(limit.outstanding(), 1);
+    // No-ack consumers ignore it.
+    let mut free = spec("free");
+    free.no_ack = true;
+    free.shared_limit = Some(limit.clone());
+    let _free = busy.add_consumer(free).expect("c");
+    assert_eq!(busy.message_count(), 0);
 }
 
 #[tokio::test]

@@ -1393,14 +1393,16 @@ async fn consumer_task(t: ConsumerTask) {
     let mut held = t.held;
     let mut woken = false;
     loop {
+        // Credit and room are watched only by an acknowledging consumer (enabling takes a
+        // lock, once per delivery). Room wakes only while a channel-wide limit is set, or
+        // when one is set.
         let freed = t.shared.credit.notified();
         tokio::pin!(freed);
-        freed.as_mut().enable();
-        // Woken only while a channel-wide limit is set, or when one is set.
         let room = t.limit.freed();
         tokio::pin!(room);
-        room.as_mut().enable();
         if !t.no_ack {
+            freed.as_mut().enable();
+            room.as_mut().enable();
             let added = t
                 .shared
                 .state

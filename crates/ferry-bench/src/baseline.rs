@@ -19,6 +19,7 @@ use ferry_kafka::server::{
     NO_SESSION,
 };
 use ferry_storage::batch::BatchHeader;
+use ferry_storage::Chunk;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
@@ -462,9 +463,10 @@ async fn fetch(shared: &Shared, request: &FetchRequest, version: i16) -> FetchRe
             (id, session.lock().answer(pass, fetched))
         }
     };
-    FetchResponse::default()
-        .with_session_id(id)
-        .with_responses(fetch_responses(answers, false))
+    // The rings are in memory: the answer holds no file regions.
+    let answer = fetch_responses(answers, false);
+    debug_assert!(answer.files.is_empty());
+    answer.response.with_session_id(id)
 }
 
 /// One pass over the wanted partitions; returns their answers and the bytes in them.
@@ -481,7 +483,7 @@ fn read_rings(
             high_watermark: -1,
             last_stable_offset: -1,
             log_start_offset: -1,
-            records: Bytes::new(),
+            records: Chunk::default(),
         };
         let Some(ring) = shared.ring(&asked.topic, asked.partition as i32) else {
             answer.error = Some(CoreError::UnknownTopicOrPartition);
@@ -524,7 +526,7 @@ fn read_rings(
             picked.push(batch.clone());
         }
         drop(ring);
-        answer.records = match picked.len() {
+        answer.records = Chunk::Memory(match picked.len() {
             1 => picked.pop().unwrap_or_default(),
             _ => {
                 let mut out = BytesMut::with_capacity(picked_bytes);
@@ -533,7 +535,7 @@ fn read_rings(
                 }
                 out.freeze()
             }
-        };
+        });
         total += answer.records.len();
         answers.push(answer);
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_storage::batch::{set_log_append_time, split_batches, BatchHeader};
-use ferry_storage::{FlushPolicy, LogId, Store, StoreConfig};
+use ferry_storage::{Chunk, FlushPolicy, LogId, Store, StoreConfig};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
@@ -41,6 +41,11 @@ use crate::{
 
 /// Most partitions one topic may have.
 pub const PARTITIONS_PER_TOPIC_MAX: u32 = 10_000;
+/// Fetched records of a partition shorter than this are read into memory; longer ones
+/// are answered as a region of the segment file, which a connection sends straight from
+/// the page cache (`sendfile`). Below a page, a system call of its own costs more than
+/// the copy it saves.
+pub const FETCH_REGION_MIN_BYTES: usize = 4096;
 /// Default for [`BrokerConfig::retention_check_interval_ms`] (Kafka's 5 minutes).
 pub const DEFAULT_RETENTION_CHECK_INTERVAL_MS: u64 = 300_000;
 /// Shortest retention interval honoured, so a zero in a config file cannot spin.
@@ -172,8 +177,9 @@ pub struct FetchedPartition {
     pub last_stable_offset: i64,
     /// Log start offset (-1 if the partition is unknown).
     pub log_start_offset: i64,
-    /// Whole batches as stored.
-    pub records: Bytes,
+    /// Whole batches as stored: a region of the segment file unless shorter than
+    /// [`FETCH_REGION_MIN_BYTES`], to be sent without reading it into memory.
+    pub records: Chunk,
 }
 
 impl FetchedPartition {
@@ -185,7 +191,7 @@ impl FetchedPartition {
             high_watermark,
             last_stable_offset: high_watermark,
             log_start_offset,
-            records: Bytes::new(),
+            records: Chunk::default(),
         }
     }
 }
@@ -1376,14 +1382,16 @@ fn read_fetch(
         let first_with_data = total == 0;
         let limit = (request.max_bytes as usize).min(remaining);
         let records = if request.offset >= high_watermark || (limit == 0 && !first_with_data) {
-            Bytes::new()
+            Chunk::default()
         } else {
             // Only the first partition with data may exceed the limits (by one batch).
-            let read = if first_with_data {
-                log.read(request.offset, limit as u32, high_watermark)
-            } else {
-                log.read_within(request.offset, limit as u32, high_watermark)
-            };
+            let read = log.read_chunk(
+                request.offset,
+                limit as u32,
+                high_watermark,
+                !first_with_data,
+                FETCH_REGION_MIN_BYTES,
+            );
             match read {
                 Ok(read) => {
                     if read.records.is_empty() {

@@ -13,6 +13,7 @@ use ferry_core::{
     PartitionWatch,
 };
 use ferry_storage::batch::{decode_records, split_batches, BatchBuilder};
+use ferry_storage::Chunk;
 
 /// Upper bound of every test.
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -70,9 +71,10 @@ fn idempotent_batch(producer_id: i64, epoch: i16, sequence: i32, values: &[&str]
 }
 
 /// (offset, value) of every record in `records`.
-fn decode(records: &Bytes) -> Vec<(i64, String)> {
+fn decode(records: &Chunk) -> Vec<(i64, String)> {
+    let records = records.clone().into_bytes().expect("fetched records read");
     let mut out = Vec::new();
-    for (header, batch) in split_batches(records, true).expect("whole batches") {
+    for (header, batch) in split_batches(&records, true).expect("whole batches") {
         for record in decode_records(&batch).expect("records") {
             let value = record
                 .value
@@ -654,9 +656,8 @@ async fn topic_limits_are_enforced_on_produce() {
                 1 << 20,
             )
             .await;
-        let (header, _) = split_batches(&fetched[0].records, true)
-            .expect("batches")
-            .remove(0);
+        let records = fetched[0].records.clone().into_bytes().expect("read");
+        let (header, _) = split_batches(&records, true).expect("batches").remove(0);
         assert!(header.is_log_append_time());
         assert_eq!(header.max_timestamp, result.log_append_time_ms);
 

@@ -84,6 +84,7 @@
 //! ```
 
 pub mod batch;
+mod chunk;
 mod error;
 mod fsutil;
 pub mod journal;
@@ -93,6 +94,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 
+pub use chunk::{Chunk, FileRegion};
 pub use error::StorageError;
 pub use log::{
     AppendResult, Durability, FlushPolicy, LogConfig, PartitionLog, ReadResult, READ_BYTES_MAX,

@@ -29,6 +29,7 @@ use crate::batch::{
     record_offsets_and_timestamps, records_section, rewritten_prefix, validate_batch, verify_batch,
     BatchHeader, BATCH_BYTES_HARD_MAX, BATCH_HEADER_BYTES, REWRITTEN_PREFIX_BYTES,
 };
+use crate::chunk::{Chunk, FileRegion};
 use crate::fsutil::{
     fsync_dir, now_ms, read_exact_at_new, remove_file_if_exists, start_writeback,
     write_all_vectored_at, write_atomic, write_tmp, IoContext,
@@ -162,13 +163,33 @@ impl Durability {
     }
 }
 
-/// The bytes of whole batches read from a log.
+/// Whole batches read from a log: in memory ([`Bytes`]) or, from
+/// [`PartitionLog::read_chunk`], possibly as a region of a segment file ([`Chunk`]).
 #[derive(Clone, Debug, Default)]
-pub struct ReadResult {
+pub struct ReadResult<R = Bytes> {
     /// Whole batches, starting with the batch that contains the requested offset.
-    pub records: Bytes,
+    pub records: R,
     /// Offset after the last record in `records` (where the next read continues).
     pub next_offset: i64,
+}
+
+impl<R: Default> ReadResult<R> {
+    /// No records; the next read continues at `offset`.
+    fn nothing(offset: i64) -> ReadResult<R> {
+        ReadResult {
+            records: R::default(),
+            next_offset: offset,
+        }
+    }
+}
+
+/// How a read hands back what it found.
+#[derive(Clone, Copy, Debug)]
+enum Output {
+    /// Read into memory.
+    Memory,
+    /// As a region of the segment file, unless it is shorter than this many bytes.
+    Region { min_bytes: usize },
 }
 
 /// Where a log's flushed data ends: everything before it was fsynced, with the active
@@ -279,6 +300,8 @@ enum Located {
     Active {
         file: Arc<File>,
         size: u64,
+        /// The log end: the offset after the segment's last batch.
+        end: i64,
         hint: (i64, u64),
     },
     Closed {
@@ -289,7 +312,7 @@ enum Located {
 
 /// Outcome of reading one segment.
 enum SegmentRead {
-    Found(ReadResult),
+    Found(ReadResult<Chunk>),
     NotInSegment,
     IndexMismatch,
 }
@@ -883,25 +906,47 @@ impl PartitionLog {
     /// (but always at least one whole batch if there is one), not past `max_offset`
     /// (exclusive; the high watermark). `offset == log_end_offset` returns no records.
     pub fn read(&self, offset: i64, max_bytes: u32, max_offset: i64) -> Result<ReadResult> {
-        self.read_batches(offset, max_bytes, max_offset, true)
+        let read = self.read_batches(offset, (max_bytes, max_offset, true), Output::Memory)?;
+        let records = read.records.into_bytes().at(&self.dir)?;
+        Ok(ReadResult {
+            records,
+            next_offset: read.next_offset,
+        })
     }
 
-    /// Like [`PartitionLog::read`], but never returns more than `max_bytes`: when the batch
-    /// holding `offset` is larger, it returns no records and reads nothing past that
-    /// batch's header. For the later partitions of a fetch, whose share of the response
+    /// Like [`PartitionLog::read`], for sending the batches on: they come back as a region
+    /// of the segment file ([`Chunk::File`], nothing read but a few batch headers) unless
+    /// they are fewer than `min_region_bytes`. With `within`, never more than `max_bytes`:
+    /// when the batch holding `offset` is larger, no records (and nothing read past that
+    /// batch's header); for the later partitions of a fetch, whose share of the response
     /// is what is left of its size limit.
-    pub fn read_within(&self, offset: i64, max_bytes: u32, max_offset: i64) -> Result<ReadResult> {
-        self.read_batches(offset, max_bytes, max_offset, false)
-    }
-
-    fn read_batches(
+    pub fn read_chunk(
         &self,
         offset: i64,
         max_bytes: u32,
         max_offset: i64,
-        at_least_one_batch: bool,
-    ) -> Result<ReadResult> {
-        let max_bytes = max_bytes.min(READ_BYTES_MAX) as u64;
+        within: bool,
+        min_region_bytes: usize,
+    ) -> Result<ReadResult<Chunk>> {
+        let output = Output::Region {
+            min_bytes: min_region_bytes,
+        };
+        self.read_batches(offset, (max_bytes, max_offset, !within), output)
+    }
+
+    /// `limit` is (max bytes, max offset exclusive, whether one batch may exceed max bytes).
+    fn read_batches(
+        &self,
+        offset: i64,
+        limit: (u32, i64, bool),
+        output: Output,
+    ) -> Result<ReadResult<Chunk>> {
+        let (max_bytes, max_offset, at_least_one_batch) = limit;
+        let limit = (
+            max_bytes.min(READ_BYTES_MAX) as u64,
+            max_offset,
+            at_least_one_batch,
+        );
         let mut target = offset;
         let mut mismatches = 0;
         loop {
@@ -915,25 +960,27 @@ impl PartitionLog {
                     });
                 }
                 if target >= st.log_end || target >= max_offset {
-                    return Ok(ReadResult {
-                        records: Bytes::new(),
-                        next_offset: offset,
-                    });
+                    return Ok(ReadResult::nothing(offset));
                 }
                 st.locate(target)
             };
             let outcome = match &located {
-                Located::Active { file, size, hint } => {
-                    let limit = (max_bytes, max_offset, at_least_one_batch);
-                    self.read_segment(file, *size, *hint, target, offset, limit)?
+                Located::Active {
+                    file,
+                    size,
+                    end,
+                    hint,
+                } => {
+                    let segment = (file, *size, *end);
+                    self.read_segment(segment, *hint, (target, offset), limit, output)?
                 }
-                Located::Closed { seg, .. } => {
+                Located::Closed { seg, next_base } => {
                     let (file, hint) = match self.closed_files(seg, target)? {
                         Some(found) => found,
                         None => return Err(self.out_of_range(offset)),
                     };
-                    let limit = (max_bytes, max_offset, at_least_one_batch);
-                    self.read_segment(&file, seg.size, hint, target, offset, limit)?
+                    let segment = (&file, seg.size, *next_base);
+                    self.read_segment(segment, hint, (target, offset), limit, output)?
                 }
             };
             match (outcome, &located) {
@@ -942,10 +989,7 @@ impl PartitionLog {
                     target = *next_base
                 }
                 (SegmentRead::NotInSegment, Located::Active { .. }) => {
-                    return Ok(ReadResult {
-                        records: Bytes::new(),
-                        next_offset: offset,
-                    });
+                    return Ok(ReadResult::nothing(offset));
                 }
                 (SegmentRead::IndexMismatch, _) => {
                     mismatches += 1;
@@ -974,21 +1018,22 @@ impl PartitionLog {
         }
     }
 
-    /// Reads from one segment, starting the header walk at the index hint. `limit` is
-    /// (max bytes, max offset exclusive, whether one batch may exceed max bytes).
+    /// Reads from one segment, `(file, published bytes, offset after its last batch)`,
+    /// starting the header walk at the index hint. `offsets` is (the offset to find here,
+    /// the offset the read was asked for); `limit` as in [`PartitionLog::read_batches`].
     fn read_segment(
         &self,
-        file: &File,
-        segment_bytes: u64,
+        segment: (&Arc<File>, u64, i64),
         hint: (i64, u64),
-        target: i64,
-        offset: i64,
+        offsets: (i64, i64),
         limit: (u64, i64, bool),
+        output: Output,
     ) -> Result<SegmentRead> {
+        let (file, segment_bytes, segment_end) = segment;
+        let (target, offset) = offsets;
         let (max_bytes, max_offset, at_least_one_batch) = limit;
-        let path = || self.dir.clone();
         let (start, first) =
-            match find_batch(file, segment_bytes, hint.1, hint.0, target).at(&path())? {
+            match find_batch(file, segment_bytes, hint.1, hint.0, target).at(&self.dir)? {
                 Err(why) => return Err(StorageError::CorruptBatch(format!("{}: {why}", self.id))),
                 Ok(FindBatch::IndexMismatch) => return Ok(SegmentRead::IndexMismatch),
                 Ok(FindBatch::NotInSegment) => return Ok(SegmentRead::NotInSegment),
@@ -996,16 +1041,54 @@ impl PartitionLog {
             };
         let too_big = !at_least_one_batch && first.total_bytes() as u64 > max_bytes;
         if first.last_offset() >= max_offset || too_big {
-            return Ok(SegmentRead::Found(ReadResult {
-                records: Bytes::new(),
-                next_offset: offset,
-            }));
+            return Ok(SegmentRead::Found(ReadResult::nothing(offset)));
         }
-        // One buffer for the whole result: no allocation per batch or record.
-        let len = (segment_bytes - start).min(max_bytes.max(first.total_bytes() as u64)) as usize;
-        let mut buf = read_exact_at_new(file, len, start).at(&path())?;
+        let room = max_bytes.max(first.total_bytes() as u64);
+        let (records, next_offset) = match output {
+            Output::Memory => self.read_batches_at(file, segment_bytes, start, room, max_offset)?,
+            Output::Region { min_bytes } => {
+                let (end, next_offset) =
+                    if segment_end <= max_offset && segment_bytes - start <= room {
+                        // The rest of the segment: whole batches, all below the limit.
+                        (segment_bytes, segment_end)
+                    } else {
+                        self.walk_batches(file, segment_bytes, start, room, max_offset)?
+                    };
+                let len = (end - start) as usize;
+                let records = if len < min_bytes {
+                    Chunk::Memory(read_exact_at_new(file, len, start).at(&self.dir)?.into())
+                } else {
+                    Chunk::File(FileRegion::new(file.clone(), start, len))
+                };
+                (records, next_offset)
+            }
+        };
+        // Invariant: at least the first batch, which holds the target, is returned.
+        assert!(
+            !records.is_empty() && next_offset > target,
+            "a read must return the batch holding its offset"
+        );
+        Ok(SegmentRead::Found(ReadResult {
+            records,
+            next_offset,
+        }))
+    }
+
+    /// Reads the whole batches from `start` (where one begins) that fit in `max_bytes` and
+    /// end below `max_offset`, at least the first, into one buffer (no allocation per batch
+    /// or record); with the offset after them.
+    fn read_batches_at(
+        &self,
+        file: &File,
+        segment_bytes: u64,
+        start: u64,
+        max_bytes: u64,
+        max_offset: i64,
+    ) -> Result<(Chunk, i64)> {
+        let len = (segment_bytes - start).min(max_bytes) as usize;
+        let mut buf = read_exact_at_new(file, len, start).at(&self.dir)?;
         let mut end = 0;
-        let mut next_offset = offset;
+        let mut next_offset = i64::MIN;
         while end + BATCH_HEADER_BYTES <= len {
             let header = BatchHeader::parse(&buf[end..]).map_err(|e| {
                 StorageError::CorruptBatch(format!(
@@ -1015,25 +1098,50 @@ impl PartitionLog {
                 ))
             })?;
             let batch_end = end + header.total_bytes();
-            if batch_end > len
-                || header.last_offset() >= max_offset
-                || (end > 0 && batch_end as u64 > max_bytes)
-            {
+            if batch_end > len || (end > 0 && header.last_offset() >= max_offset) {
                 break;
             }
             end = batch_end;
             next_offset = header.last_offset() + 1;
         }
-        // Invariant: at least the first batch, which holds the target, is returned.
-        assert!(
-            end > 0 && next_offset > target,
-            "a read must return the batch holding its offset"
-        );
         buf.truncate(end);
-        Ok(SegmentRead::Found(ReadResult {
-            records: Bytes::from(buf),
-            next_offset,
-        }))
+        Ok((Chunk::Memory(buf.into()), next_offset))
+    }
+
+    /// Where the whole batches from `start` that fit in `max_bytes` and end below
+    /// `max_offset` (at least the first) end, reading only their headers; with the offset
+    /// after them.
+    fn walk_batches(
+        &self,
+        file: &File,
+        segment_bytes: u64,
+        start: u64,
+        max_bytes: u64,
+        max_offset: i64,
+    ) -> Result<(u64, i64)> {
+        let mut headers = SegmentReader::headers(file, segment_bytes);
+        let mut end = start;
+        let mut next_offset = i64::MIN;
+        loop {
+            let header = match headers.header_at(end).at(&self.dir)? {
+                Ok(Some(header)) => header,
+                Ok(None) => break,
+                Err(why) => {
+                    return Err(StorageError::CorruptBatch(format!(
+                        "{} at position {end}: {why}",
+                        self.id
+                    )))
+                }
+            };
+            let batch_end = end + header.total_bytes() as u64;
+            let first = end == start;
+            if !first && (batch_end - start > max_bytes || header.last_offset() >= max_offset) {
+                break;
+            }
+            end = batch_end;
+            next_offset = header.last_offset() + 1;
+        }
+        Ok((end, next_offset))
     }
 
     /// The log file and an index hint for `offset` in a closed segment, or `None` if the
@@ -2354,6 +2462,7 @@ impl LogState {
             return Located::Active {
                 file: self.active.file.clone(),
                 size: self.active.size,
+                end: self.log_end,
                 hint: self.active.indexes.lookup(offset),
             };
         }

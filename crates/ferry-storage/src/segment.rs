@@ -352,6 +352,12 @@ impl<'a> SegmentReader<'a> {
         SegmentReader::with_chunk(file, limit, HEADER_SCAN_CHUNK_BYTES)
     }
 
+    /// A reader for walking batch headers only: it reads one header at a time, never the
+    /// records between them.
+    pub fn headers(file: &'a File, limit: u64) -> SegmentReader<'a> {
+        SegmentReader::with_chunk(file, limit, BATCH_HEADER_BYTES)
+    }
+
     /// A reader that refills its window `chunk` bytes at a time.
     fn with_chunk(file: &'a File, limit: u64, chunk: usize) -> SegmentReader<'a> {
         SegmentReader {

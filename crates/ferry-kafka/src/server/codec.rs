@@ -7,6 +7,7 @@
 //! input, keeps a forged count from costing memory or aborting the process.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use ferry_storage::{Chunk, FileRegion};
 use kafka_protocol::messages::fetch_response::PartitionData;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, FetchResponse, ProduceRequest, ProduceResponse, RequestHeader,
@@ -220,29 +221,60 @@ pub fn encode_response(
     Ok(buf.freeze())
 }
 
-/// Encodes a Fetch response frame as a list of buffers, length prefix included, in which
-/// large record sets are the very [`Bytes`] that storage returned: the records are not
-/// copied into the response. Falls back to [`encode_response`] (one buffer) for anything
-/// this layout does not cover (versions above 12, tagged fields).
+/// A Fetch response to encode, with the records that stay in segment files: the partition
+/// at each `(topic position, partition position)` of `response` listed in `files` (in
+/// ascending order) gets that region as its records, whatever its `records` field holds.
+#[derive(Debug, Default)]
+pub struct FetchAnswer {
+    pub response: FetchResponse,
+    pub files: Vec<((usize, usize), FileRegion)>,
+}
+
+/// Encodes a Fetch response frame as a list of chunks, length prefix included, in which
+/// large record sets are not copied: file regions stay file regions (sent from the page
+/// cache) and large in-memory records are the very [`Bytes`] that storage returned. Falls
+/// back to [`encode_response`] (one buffer, file regions read) for anything this layout
+/// does not cover (versions above 12, tagged fields).
 ///
 /// Only the records are taken apart: each partition is encoded by the codec with null
 /// records, whose fixed-size encoding is then replaced by the real length and bytes.
 pub fn encode_fetch_response(
     correlation_id: i32,
     version: i16,
-    response: &FetchResponse,
-) -> Result<Vec<Bytes>, EncodeError> {
-    match encode_fetch_chunks(correlation_id, version, response) {
+    answer: FetchAnswer,
+) -> Result<Vec<Chunk>, EncodeError> {
+    let error = |message: String| EncodeError {
+        api_key: ApiKey::Fetch,
+        version,
+        message,
+    };
+    match encode_fetch_chunks(correlation_id, version, &answer) {
         Ok(Some(chunks)) => Ok(chunks),
         Ok(None) => {
-            let whole = ResponseKind::Fetch(response.clone());
-            encode_response(correlation_id, ApiKey::Fetch, version, &whole).map(|frame| vec![frame])
+            let FetchAnswer {
+                mut response,
+                files,
+            } = answer;
+            for ((t, p), region) in files {
+                let partition = response
+                    .responses
+                    .get_mut(t)
+                    .and_then(|topic| topic.partitions.get_mut(p))
+                    .ok_or_else(|| {
+                        error(format!(
+                            "records for a partition not in the response ({t}, {p})"
+                        ))
+                    })?;
+                let bytes = region
+                    .read()
+                    .map_err(|e| error(format!("reading fetched records: {e}")))?;
+                partition.records = Some(bytes);
+            }
+            let whole = ResponseKind::Fetch(response);
+            encode_response(correlation_id, ApiKey::Fetch, version, &whole)
+                .map(|frame| vec![Chunk::Memory(frame)])
         }
-        Err(e) => Err(EncodeError {
-            api_key: ApiKey::Fetch,
-            version,
-            message: format!("{e:#}"),
-        }),
+        Err(e) => Err(error(format!("{e:#}"))),
     }
 }
 
@@ -250,8 +282,9 @@ pub fn encode_fetch_response(
 fn encode_fetch_chunks(
     correlation_id: i32,
     version: i16,
-    response: &FetchResponse,
-) -> anyhow::Result<Option<Vec<Bytes>>> {
+    answer: &FetchAnswer,
+) -> anyhow::Result<Option<Vec<Chunk>>> {
+    let response = &answer.response;
     let flexible = version >= FETCH_FLEXIBLE_VERSION;
     let default_tags = |p: &PartitionData| {
         p.unknown_tagged_fields.is_empty()
@@ -286,10 +319,11 @@ fn encode_fetch_chunks(
     }
     put_length(&mut out.current, response.responses.len(), flexible);
     let mut stub = PartitionData::default();
-    for topic in &response.responses {
+    let mut files = answer.files.iter().peekable();
+    for (t, topic) in response.responses.iter().enumerate() {
         put_string(&mut out.current, topic.topic.as_bytes(), flexible);
         put_length(&mut out.current, topic.partitions.len(), flexible);
-        for partition in &topic.partitions {
+        for (p, partition) in topic.partitions.iter().enumerate() {
             stub.clone_from(partition);
             stub.records = None;
             let start = out.current.len();
@@ -298,7 +332,11 @@ fn encode_fetch_chunks(
                 return Ok(None);
             }
             out.current.truncate(out.current.len() - null_tail.len());
-            match &partition.records {
+            let records = match files.next_if(|(at, _)| *at == (t, p)) {
+                Some((_, region)) => Some(Chunk::File(region.clone())),
+                None => partition.records.clone().map(Chunk::Memory),
+            };
+            match records {
                 None => out
                     .current
                     .put_slice(&null_tail[..null_tail.len() - usize::from(flexible)]),
@@ -308,7 +346,7 @@ fn encode_fetch_chunks(
                     } else {
                         out.current.put_i32(i32::try_from(records.len())?);
                     }
-                    out.put_records(records);
+                    out.put_records(records)?;
                 }
             }
             if flexible {
@@ -322,42 +360,51 @@ fn encode_fetch_chunks(
     if flexible {
         out.current.put_u8(0); // response tagged fields
     }
+    if let Some(((t, p), _)) = files.next() {
+        anyhow::bail!("records for a partition not in the response, or out of order ({t}, {p})");
+    }
     Ok(Some(out.finish()?))
 }
 
-/// A response being built as a list of buffers.
+/// A response being built as a list of chunks.
 #[derive(Default)]
 struct Chunks {
-    done: Vec<Bytes>,
+    done: Vec<Chunk>,
     current: BytesMut,
     total: usize,
 }
 
 impl Chunks {
-    /// Appends records: referenced when large, copied when small.
-    fn put_records(&mut self, records: &Bytes) {
-        if records.len() < ZERO_COPY_MIN_BYTES {
-            self.current.extend_from_slice(records);
-            return;
+    /// Appends records: referenced when large or in a file, copied when small.
+    fn put_records(&mut self, records: Chunk) -> anyhow::Result<()> {
+        if let Chunk::Memory(bytes) = &records {
+            if bytes.len() < ZERO_COPY_MIN_BYTES {
+                self.current.extend_from_slice(bytes);
+                return Ok(());
+            }
         }
         self.seal();
-        self.total += records.len();
-        self.done.push(records.clone());
+        self.total = self
+            .total
+            .checked_add(records.len())
+            .ok_or_else(|| anyhow::anyhow!("response too large"))?;
+        self.done.push(records);
+        Ok(())
     }
 
     fn seal(&mut self) {
         if !self.current.is_empty() {
             self.total += self.current.len();
-            self.done.push(self.current.split().freeze());
+            self.done.push(Chunk::Memory(self.current.split().freeze()));
         }
     }
 
-    /// The buffers with the frame length in front.
-    fn finish(mut self) -> anyhow::Result<Vec<Bytes>> {
+    /// The chunks with the frame length in front.
+    fn finish(mut self) -> anyhow::Result<Vec<Chunk>> {
         self.seal();
         let length = i32::try_from(self.total)?;
         let mut chunks = Vec::with_capacity(self.done.len() + 1);
-        chunks.push(Bytes::copy_from_slice(&length.to_be_bytes()));
+        chunks.push(Chunk::Memory(Bytes::copy_from_slice(&length.to_be_bytes())));
         chunks.extend(self.done);
         Ok(chunks)
     }
@@ -550,36 +597,80 @@ mod tests {
         ])
     }
 
+    /// The sample with its last partition's records (and a small one's) moved into a
+    /// file: `(answer, the same response with every record set in memory)`.
+    fn fetch_answer_sample(dir: &std::path::Path) -> (FetchAnswer, FetchResponse) {
+        use std::sync::Arc;
+        let mut response = fetch_response_sample();
+        let whole = response.clone();
+        let path = dir.join("segment");
+        let mut content = b"before".to_vec();
+        let mut files = Vec::new();
+        for (t, p) in [(0, 1), (1, 1)] {
+            let records = response.responses[t].partitions[p].records.take().unwrap();
+            files.push(((t, p), (content.len() as u64, records.len())));
+            content.extend_from_slice(&records);
+        }
+        std::fs::write(&path, content).unwrap();
+        let file = Arc::new(std::fs::File::open(&path).unwrap());
+        let files = files
+            .into_iter()
+            .map(|(at, (position, len))| (at, FileRegion::new(file.clone(), position, len)))
+            .collect();
+        (FetchAnswer { response, files }, whole)
+    }
+
+    fn joined(chunks: Vec<Chunk>) -> Vec<u8> {
+        chunks
+            .into_iter()
+            .flat_map(|chunk| chunk.into_bytes().unwrap())
+            .collect()
+    }
+
     #[test]
     fn chunked_fetch_response_equals_the_codec_encoding() {
-        let response = fetch_response_sample();
+        let dir = tempfile::tempdir().unwrap();
         for version in 4..=FETCH_CHUNKED_MAX_VERSION {
-            let chunks = encode_fetch_response(5, version, &response).unwrap();
+            let (answer, whole) = fetch_answer_sample(dir.path());
+            let chunks = encode_fetch_response(5, version, answer).unwrap();
+            let files = chunks
+                .iter()
+                .filter(|chunk| matches!(chunk, Chunk::File(_)))
+                .count();
+            assert_eq!(files, 2, "v{version}: file regions stay file regions");
             assert!(
-                chunks.len() > 2,
+                chunks.len() > 4,
                 "v{version}: large records are separate buffers"
             );
-            let joined: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
-            let expected = encode_response(
-                5,
-                ApiKey::Fetch,
-                version,
-                &ResponseKind::Fetch(response.clone()),
-            )
-            .unwrap();
-            assert_eq!(joined, expected.to_vec(), "v{version}");
+            let expected =
+                encode_response(5, ApiKey::Fetch, version, &ResponseKind::Fetch(whole)).unwrap();
+            assert_eq!(joined(chunks), expected.to_vec(), "v{version}");
         }
     }
 
     #[test]
     fn fetch_response_with_tagged_fields_falls_back_to_one_buffer() {
-        let mut response = fetch_response_sample();
-        response.responses[0].partitions[0].current_leader.leader_id = BrokerId(0);
-        let chunks = encode_fetch_response(5, 12, &response).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (mut answer, mut whole) = fetch_answer_sample(dir.path());
+        answer.response.responses[0].partitions[0]
+            .current_leader
+            .leader_id = BrokerId(0);
+        whole.responses[0].partitions[0].current_leader.leader_id = BrokerId(0);
+        let chunks = encode_fetch_response(5, 12, answer).unwrap();
         assert_eq!(chunks.len(), 1);
-        let expected =
-            encode_response(5, ApiKey::Fetch, 12, &ResponseKind::Fetch(response)).unwrap();
-        assert_eq!(chunks[0], expected);
+        let expected = encode_response(5, ApiKey::Fetch, 12, &ResponseKind::Fetch(whole)).unwrap();
+        assert_eq!(joined(chunks), expected.to_vec());
+    }
+
+    #[test]
+    fn file_regions_for_partitions_not_in_the_response_are_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut answer, _) = fetch_answer_sample(dir.path());
+        answer.files[1].0 = (1, 5);
+        assert!(encode_fetch_response(5, 12, answer).is_err());
+        let (mut answer, _) = fetch_answer_sample(dir.path());
+        answer.files.swap(0, 1);
+        assert!(encode_fetch_response(5, 12, answer).is_err());
     }
 
     #[test]

@@ -14,6 +14,7 @@ use ferry_core::{
     Acks, Broker, ChangeSignal, CoreError, FetchPartition, FetchPlan, FetchedPartition, OffsetSpec,
     PartitionHandle,
 };
+use ferry_storage::{Chunk, FileRegion};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::delete_records_response::{
     DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
@@ -36,6 +37,7 @@ use kafka_protocol::protocol::StrBytes;
 use parking_lot::Mutex;
 use tokio::task::JoinSet;
 
+use super::codec::FetchAnswer;
 use super::fetch_sessions::{FetchContext, FetchSession, SessionPass, NO_SESSION};
 use super::handlers::Session;
 use super::versions::PRODUCE_MIN_DECODABLE_VERSION;
@@ -288,14 +290,17 @@ fn finish_produce(acks: i16, response: ProduceResponse) -> ProduceOutcome {
 /// its session's partitions and answers only those with news (see [`fetch_sessions`]).
 ///
 /// [`fetch_sessions`]: super::fetch_sessions
-pub(super) async fn fetch(session: &Session, request: FetchRequest, version: i16) -> FetchResponse {
+pub(super) async fn fetch(session: &Session, request: FetchRequest, version: i16) -> FetchAnswer {
     let read_committed = request.isolation_level != READ_UNCOMMITTED && version >= 4;
     let context = match session.fetch_sessions().context(&request, version) {
         Ok(context) => context,
         Err(error) => {
-            return FetchResponse::default()
-                .with_error_code(error.code())
-                .with_session_id(NO_SESSION)
+            return FetchAnswer {
+                response: FetchResponse::default()
+                    .with_error_code(error.code())
+                    .with_session_id(NO_SESSION),
+                files: Vec::new(),
+            }
         }
     };
     match context {
@@ -314,10 +319,9 @@ pub(super) async fn fetch(session: &Session, request: FetchRequest, version: i16
                 read_partitions(session, &request, &mut plan).await
             };
             let answers = fetch.lock().answer(plan.pass, fetched);
-            let responses = fetch_responses(answers, read_committed);
-            FetchResponse::default()
-                .with_session_id(id)
-                .with_responses(responses)
+            let mut answer = fetch_responses(answers, read_committed);
+            answer.response.session_id = id;
+            answer
         }
     }
 }
@@ -329,7 +333,7 @@ async fn full_fetch(
     request: FetchRequest,
     create: bool,
     read_committed: bool,
-) -> FetchResponse {
+) -> FetchAnswer {
     let mut wanted = Vec::new();
     let mut slots = Vec::new();
     let mut responses: Vec<FetchableTopicResponse> = Vec::with_capacity(request.topics.len());
@@ -372,13 +376,19 @@ async fn full_fetch(
     } else {
         NO_SESSION
     };
+    let mut files = Vec::new();
+    // In ascending (topic, partition) positions, as `FetchAnswer` wants them.
     for ((t, p), (asked, fetched)) in slots.into_iter().zip(answered.drain(..)) {
-        responses[t].partitions[p] =
-            partition_data(asked.partition as i32, fetched, read_committed);
+        let (data, file) = partition_data(asked.partition as i32, fetched, read_committed);
+        responses[t].partitions[p] = data;
+        files.extend(file.map(|region| ((t, p), region)));
     }
-    FetchResponse::default()
-        .with_session_id(session_id)
-        .with_responses(responses)
+    FetchAnswer {
+        response: FetchResponse::default()
+            .with_session_id(session_id)
+            .with_responses(responses),
+        files,
+    }
 }
 
 /// A fetch session's plan: each pass reads the session's partitions that may have news.
@@ -436,16 +446,17 @@ async fn read_partitions(
     }
 }
 
-/// The topic entries of a fetch response answering `answers`, in their order: consecutive
+/// A fetch response (session id 0) answering `answers`, in their order: consecutive
 /// partitions of a topic share its entry, and a topic may come back later (as in Kafka's
 /// incremental responses, which follow the session's order).
 pub fn fetch_responses(
     answers: Vec<(FetchPartition, FetchedPartition)>,
     read_committed: bool,
-) -> Vec<FetchableTopicResponse> {
+) -> FetchAnswer {
     let mut responses: Vec<FetchableTopicResponse> = Vec::new();
+    let mut files = Vec::new();
     for (asked, fetched) in answers {
-        let data = partition_data(asked.partition as i32, fetched, read_committed);
+        let (data, file) = partition_data(asked.partition as i32, fetched, read_committed);
         match responses.last_mut() {
             Some(last) if last.topic.as_str() == &*asked.topic => last.partitions.push(data),
             _ => responses.push(
@@ -454,24 +465,40 @@ pub fn fetch_responses(
                     .with_partitions(vec![data]),
             ),
         }
+        if let (Some(region), Some(topic)) = (file, responses.last()) {
+            files.push(((responses.len() - 1, topic.partitions.len() - 1), region));
+        }
     }
-    responses
+    FetchAnswer {
+        response: FetchResponse::default().with_responses(responses),
+        files,
+    }
 }
 
-/// One partition's entry of a fetch response.
-fn partition_data(index: i32, fetched: FetchedPartition, read_committed: bool) -> PartitionData {
+/// One partition's entry of a fetch response, and its records if they are a file region
+/// (the entry's own records are then empty).
+fn partition_data(
+    index: i32,
+    fetched: FetchedPartition,
+    read_committed: bool,
+) -> (PartitionData, Option<FileRegion>) {
     let data = PartitionData::default().with_partition_index(index);
-    match fetched.error {
-        Some(error) => fetch_error(data, &error),
-        None => data
+    let Some(error) = fetched.error else {
+        let (records, file) = match fetched.records {
+            Chunk::Memory(bytes) => (bytes, None),
+            Chunk::File(region) => (Bytes::new(), Some(region)),
+        };
+        let data = data
             .with_high_watermark(fetched.high_watermark)
             .with_last_stable_offset(fetched.last_stable_offset)
             .with_log_start_offset(fetched.log_start_offset)
             // No transactions yet, hence nothing aborted; read-committed readers get an
             // empty list, others null, as Kafka sends.
             .with_aborted_transactions(read_committed.then(Vec::new))
-            .with_records(Some(fetched.records)),
-    }
+            .with_records(Some(records));
+        return (data, file);
+    };
+    (fetch_error(data, &error), None)
 }
 
 /// A request's partition index as the core's partition number; a negative one names no

@@ -601,7 +601,7 @@ mod tests {
             high_watermark,
             last_stable_offset: high_watermark,
             log_start_offset: 0,
-            records: Bytes::from_static(records),
+            records: Bytes::from_static(records).into(),
         }
     }
 

@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use ferry_core::Broker;
+use ferry_storage::Chunk;
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseKind};
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::watch;
@@ -12,7 +12,7 @@ use tracing::debug;
 
 use super::codec::{
     encode_fetch_response, encode_response, encode_unsupported_api_versions, DecodedRequest,
-    EncodeError,
+    EncodeError, FetchAnswer,
 };
 use super::fetch_sessions::FetchSessionCache;
 use super::{admin, configs, data, groups, metadata, versions, KafkaConfig, Shared};
@@ -69,8 +69,8 @@ impl Session {
 
 /// What the connection does after a request.
 pub(crate) enum Reply {
-    /// Write this response frame (one or more buffers, written in order).
-    Send(Vec<Bytes>),
+    /// Write this response frame (one or more chunks, written in order).
+    Send(Vec<Chunk>),
     /// Nothing to send (produce with acks=0).
     Silent,
     /// Close the connection, for this reason (acks=0 produce that failed).
@@ -92,7 +92,7 @@ pub(crate) async fn handle(
                 kafka_protocol::error::ResponseError::UnsupportedVersion.code(),
             );
             return encode_unsupported_api_versions(header.correlation_id, &body)
-                .map(|frame| Reply::Send(vec![frame]));
+                .map(|frame| Reply::Send(vec![Chunk::Memory(frame)]));
         }
         DecodedRequest::Request { header, body } => (header, *body),
     };
@@ -104,6 +104,11 @@ pub(crate) async fn handle(
     let version = header.request_api_version;
     let response = match dispatch(session, &header, body).await? {
         Handled::Respond(response) => response,
+        // Fetched records go out in their storage buffers or straight from their segment
+        // files, not copied (see codec).
+        Handled::Fetch(answer) => {
+            return encode_fetch_response(header.correlation_id, version, answer).map(Reply::Send)
+        }
         Handled::Silent => return Ok(Reply::Silent),
         Handled::Close(reason) => return Ok(Reply::Close(reason)),
     };
@@ -113,19 +118,14 @@ pub(crate) async fn handle(
         version,
         message: format!("unknown API key {}", header.request_api_key),
     })?;
-    match *response {
-        // Fetched records go out in their storage buffers, not copied (see codec).
-        ResponseKind::Fetch(fetch) => {
-            encode_fetch_response(header.correlation_id, version, &fetch).map(Reply::Send)
-        }
-        response => encode_response(header.correlation_id, api_key, version, &response)
-            .map(|frame| Reply::Send(vec![frame])),
-    }
+    encode_response(header.correlation_id, api_key, version, &response)
+        .map(|frame| Reply::Send(vec![Chunk::Memory(frame)]))
 }
 
 /// A handler's outcome, before encoding.
 enum Handled {
     Respond(Box<ResponseKind>),
+    Fetch(FetchAnswer),
     Silent,
     Close(String),
 }
@@ -163,7 +163,7 @@ async fn dispatch(
                 data::ProduceOutcome::Close(reason) => Handled::Close(reason),
             })
         }
-        RequestKind::Fetch(r) => ResponseKind::Fetch(data::fetch(session, r, v).await),
+        RequestKind::Fetch(r) => return Ok(Handled::Fetch(data::fetch(session, r, v).await)),
         RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(data::list_offsets(session, r, v)),
         RequestKind::OffsetForLeaderEpoch(r) => {
             ResponseKind::OffsetForLeaderEpoch(data::offset_for_leader_epoch(session, r, v))

@@ -31,13 +31,17 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use ferry_core::Broker;
+use ferry_storage::{Chunk, FileRegion};
 use std::io::IoSlice;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, Interest};
+use tokio::net::tcp::WriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, warn};
 
-pub use codec::{decode_request, encode_response, DecodeError, DecodedRequest, EncodeError};
+pub use codec::{
+    decode_request, encode_response, DecodeError, DecodedRequest, EncodeError, FetchAnswer,
+};
 pub use data::fetch_responses;
 pub use fetch_sessions::{
     next_epoch, FetchContext, FetchSession, FetchSessionCache, SessionPass, NO_SESSION,
@@ -260,14 +264,81 @@ async fn serve_connection(
     }
 }
 
-/// Writes a response made of several buffers with vectored writes (no copying them together).
-async fn write_frame<W: AsyncWrite + Unpin>(
-    writer: &mut W,
-    chunks: &[Bytes],
-) -> std::io::Result<()> {
-    if let [only] = chunks {
+/// Writes a response frame: buffers with vectored writes (not copied together), file
+/// regions with `sendfile` (from the page cache, never through the broker's memory). A
+/// frame with file regions is written corked, so that its parts leave in full segments
+/// rather than one short segment per part.
+async fn write_frame(writer: &mut WriteHalf<'_>, chunks: &[Chunk]) -> std::io::Result<()> {
+    if let [Chunk::Memory(only)] = chunks {
         return writer.write_all(only).await;
     }
+    if !chunks.iter().any(|chunk| matches!(chunk, Chunk::File(_))) {
+        return write_buffers(writer, &memory_run(chunks)).await;
+    }
+    set_cork(writer.as_ref(), true)?;
+    let mut written = Ok(());
+    let mut rest = chunks;
+    while let (Ok(()), Some(first)) = (&written, rest.first()) {
+        written = match first {
+            Chunk::File(region) => {
+                rest = &rest[1..];
+                send_region(writer.as_ref(), region).await
+            }
+            Chunk::Memory(_) => {
+                let run = memory_run(rest);
+                rest = &rest[run.len()..];
+                write_buffers(writer, &run).await
+            }
+        };
+    }
+    // Uncorking sends what is still held back.
+    written.and(set_cork(writer.as_ref(), false))
+}
+
+/// The buffers of the leading in-memory chunks.
+fn memory_run(chunks: &[Chunk]) -> Vec<&[u8]> {
+    chunks
+        .iter()
+        .map_while(|chunk| match chunk {
+            Chunk::Memory(bytes) => Some(&bytes[..]),
+            Chunk::File(_) => None,
+        })
+        .collect()
+}
+
+fn set_cork(stream: &TcpStream, cork: bool) -> std::io::Result<()> {
+    rustix::net::sockopt::set_tcp_cork(stream, cork).map_err(std::io::Error::from)
+}
+
+/// Sends a file region with `sendfile`, waiting whenever the socket is full.
+async fn send_region(stream: &TcpStream, region: &FileRegion) -> std::io::Result<()> {
+    let mut position = region.position();
+    let end = position + region.len() as u64;
+    while position < end {
+        let left = (end - position) as usize;
+        let sent = stream
+            .async_io(Interest::WRITABLE, || {
+                rustix::fs::sendfile(stream, region.file(), Some(&mut position), left)
+                    .map_err(std::io::Error::from)
+            })
+            .await?;
+        if sent == 0 {
+            // Segments only grow and regions end where a segment was published: a file
+            // ending early is damage, and the frame cannot be completed.
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "a segment file ends inside the fetched region",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Writes buffers with vectored writes (no copying them together).
+async fn write_buffers<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    chunks: &[&[u8]],
+) -> std::io::Result<()> {
     let (mut index, mut offset) = (0, 0);
     while index < chunks.len() {
         let slices: Vec<IoSlice<'_>> = chunks[index..]
@@ -350,22 +421,93 @@ async fn read_frame<R: AsyncRead + Unpin>(
 mod tests {
     use super::*;
 
+    /// A connected loopback pair (server side, client side).
+    async fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        (server, client)
+    }
+
     #[tokio::test]
-    async fn write_frame_writes_every_buffer_in_order_through_partial_writes() {
-        let chunks: Vec<Bytes> = vec![
-            Bytes::from_static(b"len!"),
-            Bytes::new(),
-            Bytes::from((0..5000u32).map(|i| i as u8).collect::<Vec<u8>>()),
-            Bytes::from_static(b"tail"),
+    async fn write_frame_sends_buffers_and_file_regions_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("segment");
+        let content: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &content).expect("write");
+        let file = Arc::new(std::fs::File::open(&path).expect("open"));
+        let region = |position: usize, len: usize| {
+            Chunk::File(FileRegion::new(file.clone(), position as u64, len))
+        };
+        let chunks = vec![
+            Chunk::Memory(Bytes::from_static(b"len!")),
+            region(10, 2_500_000),
+            Chunk::Memory(Bytes::from_static(b"between")),
+            Chunk::Memory(Bytes::new()),
+            region(0, 5),
+            region(2_999_990, 10),
+            Chunk::Memory(Bytes::from_static(b"tail")),
         ];
-        let expected: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        let mut expected = b"len!".to_vec();
+        expected.extend_from_slice(&content[10..2_500_010]);
+        expected.extend_from_slice(b"between");
+        expected.extend_from_slice(&content[..5]);
+        expected.extend_from_slice(&content[2_999_990..]);
+        expected.extend_from_slice(b"tail");
+
+        let (mut server, mut client) = socket_pair().await;
+        // The reader starts late: the socket fills and the writer has to wait.
+        let reader = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut received = Vec::new();
+            client.read_to_end(&mut received).await.map(|_| received)
+        });
+        let (_, mut writer) = server.split();
+        tokio::time::timeout(Duration::from_secs(30), write_frame(&mut writer, &chunks))
+            .await
+            .expect("written in time")
+            .expect("write");
+        assert!(!rustix::net::sockopt::tcp_cork(&server).expect("TCP_CORK"));
+        drop(server);
+        let received = reader.await.expect("reader task").expect("read");
+        assert_eq!(received.len(), expected.len());
+        assert!(received == expected, "bytes differ");
+    }
+
+    #[tokio::test]
+    async fn write_frame_fails_when_a_file_ends_inside_its_region() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("segment");
+        std::fs::write(&path, b"short").expect("write");
+        let file = Arc::new(std::fs::File::open(&path).expect("open"));
+        let chunks = vec![
+            Chunk::Memory(Bytes::from_static(b"len!")),
+            Chunk::File(FileRegion::new(file, 2, 100)),
+        ];
+        let (mut server, _client) = socket_pair().await;
+        let (_, mut writer) = server.split();
+        let error =
+            tokio::time::timeout(Duration::from_secs(30), write_frame(&mut writer, &chunks))
+                .await
+                .expect("done in time")
+                .expect_err("a short file cannot complete the frame");
+        assert_eq!(error.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
+
+    #[tokio::test]
+    async fn write_buffers_writes_every_buffer_in_order_through_partial_writes() {
+        let long: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        let chunks: Vec<&[u8]> = vec![b"len!", b"", &long, b"tail"];
+        let expected: Vec<u8> = chunks.concat();
         // A 7-byte pipe forces many short writes that end inside buffers.
         let (mut near, mut far) = tokio::io::duplex(7);
         let reader = tokio::spawn(async move {
             let mut received = Vec::new();
             far.read_to_end(&mut received).await.map(|_| received)
         });
-        write_frame(&mut near, &chunks).await.expect("write");
+        write_buffers(&mut near, &chunks).await.expect("write");
         drop(near);
         let received = reader.await.expect("reader task").expect("read");
         assert_eq!(received, expected);

@@ -45,13 +45,18 @@ fn append_assigns_contiguous_offsets_and_reads_whole_batches() {
     let read = log.read(0, 1, 9).expect("read");
     assert_eq!(split_batches(&read.records, true).expect("valid").len(), 1);
     assert_eq!(read.next_offset, 3);
-    // `read_within` never exceeds max_bytes: a batch too big gives nothing...
+    // `read_chunk` within its limit never exceeds max_bytes: a batch too big gives
+    // nothing...
     let first_batch = make_batch(3, 10, 1000).len();
-    let read = log.read_within(0, first_batch as u32 - 1, 9).expect("read");
+    let read = log
+        .read_chunk(0, first_batch as u32 - 1, 9, true, 0)
+        .expect("read");
     assert!(read.records.is_empty());
     assert_eq!(read.next_offset, 0);
     // ...and only the whole batches that fit are returned.
-    let read = log.read_within(0, first_batch as u32 + 1, 9).expect("read");
+    let read = log
+        .read_chunk(0, first_batch as u32 + 1, 9, true, 0)
+        .expect("read");
     assert_eq!(read.records.len(), first_batch);
     assert_eq!(read.next_offset, 3);
     // Never past max_offset.
@@ -66,6 +71,57 @@ fn append_assigns_contiguous_offsets_and_reads_whole_batches() {
         Err(StorageError::OffsetOutOfRange { .. })
     ));
     assert_eq!(log.leader_epochs(), vec![(5, 0)]);
+    store.shutdown().expect("shutdown");
+}
+
+/// `read_chunk` returns what `read` returns, as a file region unless it is short, from
+/// the active segment and from closed ones, at every offset and size limit.
+#[test]
+fn chunks_hold_what_reads_return() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(dir.path());
+    let log = store
+        .open_log(&id("t", 0), small_config(ASYNC))
+        .expect("log");
+    for i in 0..40 {
+        log.append(make_batch(1 + i % 3, 60 + 13 * i, i as i64 * 10), 0, 1000)
+            .expect("append");
+    }
+    let end = log.log_end_offset();
+    let mut regions = 0;
+    for offset in 0..end {
+        for max_bytes in [1, 200, 700, 1500, 5000, 1 << 20] {
+            for max_offset in [offset + 1, offset + 4, end] {
+                let read = log.read(offset, max_bytes, max_offset).expect("read");
+                let chunk = log
+                    .read_chunk(offset, max_bytes, max_offset, false, 512)
+                    .expect("read");
+                assert_eq!(chunk.next_offset, read.next_offset);
+                match &chunk.records {
+                    crate::Chunk::File(region) => {
+                        regions += 1;
+                        assert!(region.len() >= 512);
+                    }
+                    crate::Chunk::Memory(bytes) => assert!(bytes.len() < 512),
+                }
+                assert_eq!(chunk.records.into_bytes().expect("bytes"), read.records);
+                // Within the limit: the same whole batches if the first fits, else none.
+                let within = log
+                    .read_chunk(offset, max_bytes, max_offset, true, 0)
+                    .expect("read");
+                let bytes = within.records.into_bytes().expect("bytes");
+                if read.records.len() <= max_bytes as usize {
+                    assert_eq!(bytes, read.records);
+                    assert_eq!(within.next_offset, read.next_offset);
+                } else {
+                    // `read` went over the limit with its first batch alone.
+                    assert!(bytes.is_empty());
+                    assert_eq!(within.next_offset, offset);
+                }
+            }
+        }
+    }
+    assert!(regions > 100, "most reads are regions ({regions})");
     store.shutdown().expect("shutdown");
 }
 

@@ -91,6 +91,27 @@ def test_kafka_records_reach_amqp_stream_consumers(amqp, conn, kafka, cleanup):
             assert str(getattr(props, attr)) == value, attr
 
 
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+def test_compressed_kafka_batches_reach_amqp_stream_consumers(amqp, conn, kafka, cleanup, codec):
+    s = cleanup.queue(unique("s"))
+    ch = conn.channel()
+    declare_stream(ch, s)
+    p = producer(kafka, compression_type=codec, linger_ms=200)
+    values = [b"value %d " % i * 30 for i in range(25)]
+    for i, value in enumerate(values):
+        p.produce(s, key=b"k%d" % i, value=value)
+    assert p.flush(30) == 0
+    ch.basic_qos(prefetch_count=50)
+    got = []
+    ch.basic_consume(s, lambda c, m, pr, b: (got.append((pr.headers["x-stream-offset"], m.routing_key, b)),
+                                             c.basic_ack(m.delivery_tag)),
+                     arguments={"x-stream-offset": "first"})
+    deadline = time.monotonic() + 10
+    while len(got) < len(values) and time.monotonic() < deadline:
+        conn.process_data_events(0.05)
+    assert got == [(i, "k%d" % i, value) for i, value in enumerate(values)]
+
+
 def test_kafka_offsets_equal_stream_offsets(amqp, conn, kafka, cleanup):
     s = cleanup.queue(unique("s"))
     ch = conn.channel()

@@ -2,6 +2,8 @@
 
 import time
 
+import pytest
+
 from confluent_kafka import KafkaError, TopicPartition
 
 from helpers import (
@@ -143,3 +145,22 @@ def test_offsets_for_times(bootstrap):
     got = consume_n(c, 10)
     assert [m.timestamp()[1] for m in got] == stamps
     c.close()
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+def test_offsets_for_times_inside_one_compressed_batch(bootstrap, codec):
+    """The lookup finds the record, not the start of its batch: the broker decompresses."""
+    topic = create_topic(bootstrap, unique("ctimes"), partitions=1)
+    # One batch: a long linger, one flush.
+    p = producer(bootstrap, acks="all", compression_type=codec, linger_ms=1000)
+    base = int(time.time() * 1000) - 60_000
+    stamps = [base + 1000 * i for i in range(10)]
+    produce_all(p, topic, [b"compressible %d " % i * 20 for i in range(10)], partition=0, timestamps=stamps)
+    c = consumer(bootstrap)
+    try:
+        # One lookup per call: a list naming a partition twice gets one answer for all.
+        found = [c.offsets_for_times([TopicPartition(topic, 0, ts)], timeout=30)[0].offset
+                 for ts in (stamps[4], stamps[4] + 1, stamps[9])]
+    finally:
+        c.close()
+    assert found == [4, 5, 9]

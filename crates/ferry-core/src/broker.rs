@@ -611,10 +611,11 @@ impl Broker {
         &self.groups
     }
 
-    /// Installs the decompressor the storage engine uses for exact timestamp lookups
-    /// inside compressed batches. The core knows no codecs; the protocol layer that
-    /// links them (the Kafka adapter) installs one at startup. Without it, a lookup
-    /// that lands in a compressed batch answers with the batch's first offset.
+    /// Installs the decompressor the storage engine uses inside compressed batches:
+    /// exact timestamp lookups, and records for AMQP stream consumers. The core knows no
+    /// codecs; `ferry serve` installs the Kafka adapter's (`ferry_kafka::compression`).
+    /// Without it, a lookup that lands in a compressed batch answers with the batch's
+    /// first offset, and stream consumers skip compressed batches.
     pub fn set_decompressor(&self, decompressor: ferry_storage::Decompressor) {
         self.store.set_decompressor(decompressor);
     }

@@ -6,5 +6,6 @@
 //! in one place. [`client`] is a small Kafka client used by Ferry's command-line tools.
 
 pub mod client;
+pub mod compression;
 pub mod errors;
 pub mod server;

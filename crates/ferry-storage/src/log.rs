@@ -26,8 +26,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::batch::{
-    record_offsets_and_timestamps, records_section, rewritten_prefix, validate_batch, verify_batch,
-    BatchHeader, BATCH_BYTES_HARD_MAX, BATCH_HEADER_BYTES, REWRITTEN_PREFIX_BYTES,
+    decode_record_section, decode_records, record_offsets_and_timestamps, records_section,
+    rewritten_prefix, validate_batch, verify_batch, BatchHeader, Record, BATCH_BYTES_HARD_MAX,
+    BATCH_HEADER_BYTES, REWRITTEN_PREFIX_BYTES,
 };
 use crate::chunk::{Chunk, FileRegion};
 use crate::fsutil::{
@@ -1462,6 +1463,27 @@ impl PartitionLog {
             .filter(|(_, ts)| *ts == max_ts)
             .unwrap_or((header.last_offset(), max_ts));
         Ok(Some(found))
+    }
+
+    /// The records of `batch`, one batch of this log as read (`header` its header),
+    /// decompressed with the store's decompressor if it is compressed. An error for a
+    /// compressed batch when no decompressor is installed or its bytes do not decompress.
+    pub fn decode_records(&self, header: &BatchHeader, batch: &[u8]) -> Result<Vec<Record>> {
+        match header.compression() {
+            0 => decode_records(batch),
+            codec => {
+                let plain = self
+                    .store
+                    .decompress(codec, records_section(batch))
+                    .ok_or_else(|| {
+                        StorageError::CorruptBatch(format!(
+                            "{}: the batch at offset {} (compression codec {codec}) cannot be decompressed",
+                            self.id, header.base_offset
+                        ))
+                    })?;
+                decode_record_section(&plain, header.record_count)
+            }
+        }
     }
 
     /// Raises the log start offset to `offset` (Kafka DeleteRecords) and deletes segments

@@ -669,7 +669,8 @@ impl Store {
         delete_log_dir(&self.shared, &log)
     }
 
-    /// Installs the decompressor used for exact timestamp lookups in compressed batches.
+    /// Installs the decompressor used inside compressed batches (exact timestamp lookups,
+    /// [`PartitionLog::decode_records`](crate::PartitionLog::decode_records)).
     pub fn set_decompressor(&self, decompressor: Decompressor) {
         *self.shared.decompressor.write() = Some(decompressor);
     }

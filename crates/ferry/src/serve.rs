@@ -45,6 +45,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = settings.data_dir.clone();
     let broker = Broker::open(broker_config)
         .with_context(|| format!("cannot open data directory {}", data_dir.display()))?;
+    // Lets timestamp lookups and AMQP stream consumers read inside compressed batches.
+    broker.set_decompressor(Arc::new(ferry_kafka::compression::decompress));
     let data_dir = std::fs::canonicalize(&data_dir).unwrap_or(data_dir);
 
     let http = match start_http(&settings, &broker).await {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ferry_storage::batch::{decode_records, split_batches, BatchHeader};
+use ferry_storage::batch::{split_batches, BatchHeader};
 
 use super::settings::max_age_ms;
 use super::{Delivery, DeliveryId, EnqueueOutcome, QueueSettings, StreamStart};
@@ -168,15 +168,17 @@ impl Stream {
                 if header.is_control() {
                     continue;
                 }
-                if header.compression() != 0 {
-                    tracing::warn!(
-                        topic = %self.topic,
-                        offset = header.base_offset,
-                        "stream consumer skips a compressed Kafka batch (not decoded yet)"
-                    );
-                    continue;
-                }
-                for record in decode_records(&batch)? {
+                let records = match log.decode_records(&header, &batch) {
+                    Ok(records) => records,
+                    // A codec the broker does not know, or a batch damaged inside its
+                    // compression (its CRC was checked on produce): the consumer goes on.
+                    Err(e) if header.compression() != 0 => {
+                        tracing::warn!(topic = %self.topic, offset = header.base_offset, "stream consumer skips a batch: {e}");
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                for record in records {
                     let offset = header.base_offset + i64::from(record.offset_delta);
                     if offset < cursor.next {
                         continue;

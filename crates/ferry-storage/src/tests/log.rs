@@ -815,7 +815,7 @@ fn concurrent_appends_and_reads_never_see_partial_batches() {
 }
 
 #[test]
-fn compressed_batches_use_the_installed_decompressor_for_timestamps() {
+fn compressed_batches_use_the_installed_decompressor_for_timestamps_and_records() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open_store(dir.path());
     let log = store
@@ -828,11 +828,17 @@ fn compressed_batches_use_the_installed_decompressor_for_timestamps() {
     let crc = crc32c::crc32c(&batch[21..]);
     batch[17..21].copy_from_slice(&crc.to_be_bytes());
     log.append(Bytes::from(batch), 0, 0).expect("append");
-    // Without a decompressor: the batch's base offset and max timestamp.
+    // Without a decompressor: the batch's base offset and max timestamp, and no records.
     assert_eq!(
         log.offset_for_timestamp(102).expect("lookup"),
         Some((0, 103))
     );
+    let stored = log.read(0, 1 << 20, 4).expect("read").records;
+    let (header, batch) = split_batches(&stored, true).expect("batch").remove(0);
+    assert!(matches!(
+        log.decode_records(&header, &batch),
+        Err(StorageError::CorruptBatch(_))
+    ));
     store.set_decompressor(std::sync::Arc::new(|codec, bytes: &[u8]| {
         (codec == 1).then(|| bytes.to_vec())
     }));
@@ -841,6 +847,10 @@ fn compressed_batches_use_the_installed_decompressor_for_timestamps() {
         Some((2, 102))
     );
     assert_eq!(log.max_timestamp().expect("max"), Some((3, 103)));
+    let records = log.decode_records(&header, &batch).expect("records");
+    let deltas: Vec<i32> = records.iter().map(|r| r.offset_delta).collect();
+    assert_eq!(deltas, [0, 1, 2, 3]);
+    assert_eq!(records[2].value.as_deref(), Some(&[2u8; 10][..]));
 }
 
 #[test]

@@ -32,6 +32,22 @@
 //! # advertised = "broker.example.com:9092"
 //! # Largest request accepted, in bytes.
 //! max_request_bytes = 104857600
+//! # Request bytes all connections together may hold; readers wait beyond it (at least
+//! # max_request_bytes).
+//! max_buffered_request_bytes = 536870912
+//! # Cap on the records of one fetch response, in bytes (Kafka's fetch.max.bytes).
+//! fetch_max_bytes = 57671680
+//! # Longest fetch long-poll honoured, in milliseconds, whatever the client asks for.
+//! fetch_max_wait_ms = 30000
+//! # Incremental fetch sessions kept (Kafka's max.incremental.fetch.session.cache.slots);
+//! # 0 turns sessions off.
+//! fetch_session_cache_slots = 1000
+//! # Partitions all fetch sessions may hold together (about 100 bytes each).
+//! fetch_session_cache_partitions = 1000000
+//! # Connections beyond this many are closed on accept.
+//! max_connections = 10000
+//! # How long shutdown waits for requests in progress, in milliseconds.
+//! shutdown_grace_ms = 10000
 //!
 //! [amqp]
 //! # Serve AMQP 0-9-1 (RabbitMQ clients).
@@ -128,6 +144,8 @@ pub const DEFAULT_AMQP_LISTEN: &str = "0.0.0.0:5672";
 pub const MIN_AMQP_FRAME_MAX: u32 = 4096;
 /// Default largest Kafka request (Kafka's `socket.request.max.bytes`).
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = ferry_kafka::server::DEFAULT_MAX_REQUEST_BYTES;
+/// Smallest `fetch_max_bytes` accepted (a fetch still returns at least one whole batch).
+const MIN_FETCH_MAX_BYTES: u32 = 1024;
 /// Smallest `max_request_bytes` accepted: below this not even metadata requests fit.
 pub const MIN_MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Default retention check interval (Kafka's `log.retention.check.interval.ms`).
@@ -222,6 +240,20 @@ pub struct KafkaLayer {
     pub advertised: Option<String>,
     /// Largest request accepted, in bytes (default 100 MiB).
     pub max_request_bytes: Option<usize>,
+    /// Request bytes all connections may hold together (default 512 MiB).
+    pub max_buffered_request_bytes: Option<usize>,
+    /// Cap on one fetch response's records, in bytes (default 55 MiB).
+    pub fetch_max_bytes: Option<u32>,
+    /// Cap on a fetch's long-poll wait, in ms (default 30 s).
+    pub fetch_max_wait_ms: Option<u64>,
+    /// Incremental fetch sessions kept (default 1000; 0: none).
+    pub fetch_session_cache_slots: Option<usize>,
+    /// Partitions all fetch sessions hold together (default 1,000,000).
+    pub fetch_session_cache_partitions: Option<usize>,
+    /// Most client connections (default 10,000).
+    pub max_connections: Option<usize>,
+    /// Shutdown's wait for requests in progress, in ms (default 10 s).
+    pub shutdown_grace_ms: Option<u64>,
 }
 
 /// `[groups]`: the group coordinator.
@@ -494,6 +526,28 @@ impl Layer {
             &mut self.kafka.max_request_bytes,
             over.kafka.max_request_bytes,
         );
+        take(
+            &mut self.kafka.max_buffered_request_bytes,
+            over.kafka.max_buffered_request_bytes,
+        );
+        take(&mut self.kafka.fetch_max_bytes, over.kafka.fetch_max_bytes);
+        take(
+            &mut self.kafka.fetch_max_wait_ms,
+            over.kafka.fetch_max_wait_ms,
+        );
+        take(
+            &mut self.kafka.fetch_session_cache_slots,
+            over.kafka.fetch_session_cache_slots,
+        );
+        take(
+            &mut self.kafka.fetch_session_cache_partitions,
+            over.kafka.fetch_session_cache_partitions,
+        );
+        take(&mut self.kafka.max_connections, over.kafka.max_connections);
+        take(
+            &mut self.kafka.shutdown_grace_ms,
+            over.kafka.shutdown_grace_ms,
+        );
         take(&mut self.amqp.enabled, over.amqp.enabled);
         take(&mut self.amqp.listen, over.amqp.listen);
         take(&mut self.amqp.frame_max, over.amqp.frame_max);
@@ -549,8 +603,9 @@ pub struct KafkaSettings {
     pub listen: String,
     /// Explicit advertised `(host, port)`, if configured.
     pub advertised: Option<(String, u16)>,
-    /// Largest request accepted.
-    pub max_request_bytes: usize,
+    /// The listener's limits (the advertised host and port in it are the defaults;
+    /// `ferry serve` fills them in once the listener is bound).
+    pub server: ferry_kafka::server::KafkaConfig,
 }
 
 /// The AMQP listener's resolved settings.
@@ -721,6 +776,44 @@ impl Settings {
             ));
         }
 
+        let kafka_defaults = ferry_kafka::server::KafkaConfig::default();
+        let max_buffered_request_bytes = layer
+            .kafka
+            .max_buffered_request_bytes
+            .unwrap_or(kafka_defaults.max_buffered_request_bytes);
+        if max_buffered_request_bytes < max_request_bytes {
+            return Err(invalid(
+                "kafka.max_buffered_request_bytes",
+                format!(
+                    "{max_buffered_request_bytes} is below kafka.max_request_bytes \
+                     ({max_request_bytes}): a request of that size could never be read"
+                ),
+            ));
+        }
+        let fetch_max_bytes = layer
+            .kafka
+            .fetch_max_bytes
+            .unwrap_or(kafka_defaults.fetch_max_bytes);
+        if !(MIN_FETCH_MAX_BYTES..=i32::MAX as u32).contains(&fetch_max_bytes) {
+            return Err(invalid(
+                "kafka.fetch_max_bytes",
+                format!(
+                    "{fetch_max_bytes} is outside {MIN_FETCH_MAX_BYTES}..={}",
+                    i32::MAX
+                ),
+            ));
+        }
+        let max_connections = layer
+            .kafka
+            .max_connections
+            .unwrap_or(kafka_defaults.max_connections);
+        if max_connections == 0 {
+            return Err(invalid(
+                "kafka.max_connections",
+                "0 would refuse every client",
+            ));
+        }
+
         let amqp_defaults = ferry_amqp::AmqpConfig::default();
         let amqp_listen = layer
             .amqp
@@ -816,7 +909,29 @@ impl Settings {
                 enabled: layer.kafka.enabled.unwrap_or(true),
                 listen,
                 advertised,
-                max_request_bytes,
+                server: ferry_kafka::server::KafkaConfig {
+                    max_request_bytes,
+                    max_buffered_request_bytes,
+                    fetch_max_bytes,
+                    fetch_max_wait_ms: layer
+                        .kafka
+                        .fetch_max_wait_ms
+                        .unwrap_or(kafka_defaults.fetch_max_wait_ms),
+                    fetch_session_cache_slots: layer
+                        .kafka
+                        .fetch_session_cache_slots
+                        .unwrap_or(kafka_defaults.fetch_session_cache_slots),
+                    fetch_session_cache_partitions: layer
+                        .kafka
+                        .fetch_session_cache_partitions
+                        .unwrap_or(kafka_defaults.fetch_session_cache_partitions),
+                    max_connections,
+                    shutdown_grace_ms: layer
+                        .kafka
+                        .shutdown_grace_ms
+                        .unwrap_or(kafka_defaults.shutdown_grace_ms),
+                    ..kafka_defaults
+                },
             },
             amqp,
             topic_defaults: layer
@@ -976,6 +1091,9 @@ mod tests {
             [kafka]
             listen = "127.0.0.1:1000"
             max_request_bytes = 1048576
+            fetch_max_bytes = 2097152
+            fetch_session_cache_slots = 0
+            max_connections = 50
             [topic_defaults]
             "retention.ms" = 1000
             "flush.mode" = "sync"
@@ -1010,7 +1128,19 @@ mod tests {
         assert_eq!(s.default_partitions, 5); // env beats file
         assert!(!s.auto_create_topics); // file beats default
         assert_eq!(s.kafka.listen, "127.0.0.1:2000");
-        assert_eq!(s.kafka.max_request_bytes, 1_048_576);
+        assert_eq!(s.kafka.server.max_request_bytes, 1_048_576);
+        assert_eq!(s.kafka.server.fetch_max_bytes, 2_097_152);
+        assert_eq!(s.kafka.server.fetch_session_cache_slots, 0);
+        assert_eq!(s.kafka.server.max_connections, 50);
+        let kafka_defaults = ferry_kafka::server::KafkaConfig::default();
+        assert_eq!(
+            s.kafka.server.fetch_max_wait_ms,
+            kafka_defaults.fetch_max_wait_ms
+        );
+        assert_eq!(
+            s.kafka.server.shutdown_grace_ms,
+            kafka_defaults.shutdown_grace_ms
+        );
         assert_eq!(s.groups.min_session_timeout_ms, 1000);
         assert_eq!(s.amqp.listen, "127.0.0.1:6000"); // env beats file
         assert!(!s.amqp.enabled);
@@ -1125,6 +1255,37 @@ mod tests {
                     ..Layer::default()
                 },
                 "kafka.max_request_bytes",
+            ),
+            (
+                Layer {
+                    kafka: KafkaLayer {
+                        max_request_bytes: Some(2 << 20),
+                        max_buffered_request_bytes: Some(1 << 20),
+                        ..KafkaLayer::default()
+                    },
+                    ..Layer::default()
+                },
+                "kafka.max_buffered_request_bytes",
+            ),
+            (
+                Layer {
+                    kafka: KafkaLayer {
+                        fetch_max_bytes: Some(10),
+                        ..KafkaLayer::default()
+                    },
+                    ..Layer::default()
+                },
+                "kafka.fetch_max_bytes",
+            ),
+            (
+                Layer {
+                    kafka: KafkaLayer {
+                        max_connections: Some(0),
+                        ..KafkaLayer::default()
+                    },
+                    ..Layer::default()
+                },
+                "kafka.max_connections",
             ),
             (
                 Layer {

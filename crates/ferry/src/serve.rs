@@ -200,8 +200,7 @@ async fn start_kafka(
     let config = KafkaConfig {
         advertised_host: host,
         advertised_port: i32::from(port),
-        max_request_bytes: settings.kafka.max_request_bytes,
-        ..KafkaConfig::default()
+        ..settings.kafka.server.clone()
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(ferry_kafka::server::serve(

@@ -76,7 +76,7 @@ const FRAME_PREALLOCATE_BYTES: usize = 8 << 20;
 const MAX_IO_SLICES: usize = 64;
 
 /// Settings of the Kafka listener.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KafkaConfig {
     /// Host clients are told to connect to (Metadata, FindCoordinator, DescribeCluster).
     pub advertised_host: String,

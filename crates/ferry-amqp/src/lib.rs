@@ -82,7 +82,7 @@ pub async fn serve(
     });
     ferry_core::listener::accept_until_shutdown(
         listener,
-        "AMQP",
+        shared.broker.listener_stats("AMQP"),
         shared.config.max_connections,
         SHUTDOWN_GRACE,
         shutdown,

@@ -15,6 +15,8 @@ use bytes::Bytes;
 use ferry_storage::batch::{set_log_append_time, split_batches, BatchHeader};
 use ferry_storage::{Chunk, FlushPolicy, LogId, Store, StoreConfig};
 use parking_lot::{Mutex, RwLock};
+
+use crate::listener::ListenerStats;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -245,6 +247,8 @@ pub struct Broker {
     /// Becomes `true` at shutdown: stops background tasks and wakes long polls.
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Connection counts of the protocol listeners (a few; looked up by name).
+    listeners: Mutex<Vec<Arc<ListenerStats>>>,
     /// Appends so far (a snapshot is skipped when nothing was appended since the last).
     appends: AtomicU64,
     /// Serialises snapshots; holds the `appends` count of the last one.
@@ -439,6 +443,7 @@ impl Broker {
             idle: Notify::new(),
             stop,
             tasks: Mutex::new(Vec::new()),
+            listeners: Mutex::new(Vec::new()),
             appends: AtomicU64::new(0),
             snapshot_lock: tokio::sync::Mutex::new(Some(0)),
             shutdown_done: tokio::sync::Mutex::new(false),
@@ -534,6 +539,23 @@ impl Broker {
     /// [`crate::alarm::ALARM_POLL_INTERVAL_MS`]).
     pub fn alarms(&self) -> watch::Receiver<Alarms> {
         self.alarms.subscribe()
+    }
+
+    /// The connection counts of the listener of `protocol` ("AMQP", "Kafka"), registered
+    /// on first use; a listener started again for the same protocol keeps counting.
+    pub fn listener_stats(&self, protocol: &str) -> Arc<ListenerStats> {
+        let mut listeners = self.listeners.lock();
+        if let Some(found) = listeners.iter().find(|l| l.protocol() == protocol) {
+            return found.clone();
+        }
+        let stats = Arc::new(ListenerStats::new(protocol));
+        listeners.push(stats.clone());
+        stats
+    }
+
+    /// Every registered listener's connection counts, in registration order.
+    pub fn listeners(&self) -> Vec<Arc<ListenerStats>> {
+        self.listeners.lock().clone()
     }
 
     /// The memory and disk alarm thresholds in force.

@@ -7,6 +7,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -17,15 +19,60 @@ use tracing::{info, warn};
 /// Pause after a failed `accept` (e.g. out of file descriptors), so as not to spin.
 pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Connection counts of one protocol's listener (for `/metrics`); see
+/// [`crate::Broker::listener_stats`].
+#[derive(Debug)]
+pub struct ListenerStats {
+    protocol: String,
+    open: AtomicU64,
+    accepted: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl ListenerStats {
+    pub(crate) fn new(protocol: &str) -> ListenerStats {
+        ListenerStats {
+            protocol: protocol.to_owned(),
+            open: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// The protocol's name as log lines give it ("AMQP", "Kafka").
+    pub fn protocol(&self) -> &str {
+        &self.protocol
+    }
+
+    /// Connections being served now.
+    pub fn open(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Connections accepted and served since the start.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed on accept because the listener was full, since the start.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    fn set_open(&self, open: usize) {
+        self.open.store(open as u64, Ordering::Relaxed);
+    }
+}
+
 /// Accepts connections on `listener` and runs `connection(stream, peer)` for each as its own
 /// task until `shutdown` resolves; then stops accepting, sends `true` on `stop` so the
 /// connections can close politely, waits at most `grace` for them and drops the rest.
 ///
-/// A connection that would exceed `max_connections` is closed on accept. `protocol` names
-/// the listener in log lines ("AMQP", "Kafka").
+/// A connection that would exceed `max_connections` is closed on accept. `stats` names
+/// the listener in log lines and counts its connections.
 pub async fn accept_until_shutdown<F, C>(
     listener: TcpListener,
-    protocol: &str,
+    stats: Arc<ListenerStats>,
     max_connections: usize,
     grace: Duration,
     shutdown: impl Future<Output = ()>,
@@ -35,6 +82,7 @@ pub async fn accept_until_shutdown<F, C>(
     F: FnMut(TcpStream, SocketAddr) -> C,
     C: Future<Output = ()> + Send + 'static,
 {
+    let protocol = stats.protocol();
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "{protocol} listener accepting connections");
     }
@@ -44,6 +92,7 @@ pub async fn accept_until_shutdown<F, C>(
         tokio::select! {
             () = &mut shutdown => break,
             Some(finished) = connections.join_next(), if !connections.is_empty() => {
+                stats.set_open(connections.len());
                 if let Err(error) = finished {
                     if error.is_panic() {
                         tracing::error!(%error, "{protocol} connection task panicked");
@@ -55,10 +104,13 @@ pub async fn accept_until_shutdown<F, C>(
                     if connections.len() >= max_connections {
                         warn!(%peer, limit = max_connections,
                             "closing new {protocol} connection: connection limit reached");
+                        stats.refused.fetch_add(1, Ordering::Relaxed);
                         drop(stream);
                         continue;
                     }
                     connections.spawn(connection(stream, peer));
+                    stats.accepted.fetch_add(1, Ordering::Relaxed);
+                    stats.set_open(connections.len());
                 }
                 Err(error) => {
                     warn!(%error, "accepting a {protocol} connection failed");
@@ -85,6 +137,7 @@ pub async fn accept_until_shutdown<F, C>(
         );
         connections.shutdown().await;
     }
+    stats.set_open(0);
     info!("{protocol} listener stopped");
 }
 
@@ -110,9 +163,10 @@ mod tests {
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let (signalled_tx, mut signalled_rx) = tokio::sync::mpsc::channel::<SocketAddr>(4);
         let (accepted_tx, mut accepted_rx) = tokio::sync::mpsc::unbounded_channel::<SocketAddr>();
+        let stats = Arc::new(ListenerStats::new("Test"));
         let server = tokio::spawn(accept_until_shutdown(
             listener,
-            "Test",
+            stats.clone(),
             1,
             TEST_TIMEOUT,
             async move {
@@ -147,6 +201,7 @@ mod tests {
             matches!(read, Ok(0) | Err(_)),
             "over-limit connection must be closed"
         );
+        assert_eq!((stats.open(), stats.accepted(), stats.refused()), (1, 1, 1));
 
         shutdown_tx.send(()).expect("server running");
         let peer = tokio::time::timeout(TEST_TIMEOUT, signalled_rx.recv())
@@ -162,6 +217,7 @@ mod tests {
             .await
             .expect("first connection closed in time");
         assert!(matches!(read, Ok(0) | Err(_)));
+        assert_eq!((stats.open(), stats.accepted()), (0, 1));
     }
 
     #[tokio::test]
@@ -176,7 +232,7 @@ mod tests {
         let grace = Duration::from_millis(100);
         let server = tokio::spawn(accept_until_shutdown(
             listener,
-            "Test",
+            Arc::new(ListenerStats::new("Test")),
             10,
             grace,
             async move {

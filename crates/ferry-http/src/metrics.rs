@@ -1,6 +1,6 @@
 //! `GET /metrics`: Prometheus text exposition (format 0.0.4) of what the core knows:
 //! topics, partitions and their offsets and sizes, vhosts, queue depths and consumers,
-//! users, memory, disk and alarms.
+//! users, memory, disk and alarms, and each protocol listener's connections.
 
 use std::fmt::Write as _;
 
@@ -133,6 +133,28 @@ pub(crate) fn render(broker: &Broker) -> String {
         );
     }
     out.family(alarm);
+
+    let mut open = Family::new(
+        "ferry_connections",
+        "Client connections a protocol listener serves now.",
+    );
+    let mut accepted = Family::counter(
+        "ferry_connections_accepted_total",
+        "Client connections a protocol listener accepted since the broker started.",
+    );
+    let mut refused = Family::counter(
+        "ferry_connections_refused_total",
+        "Client connections closed on accept because the listener's connection limit was reached.",
+    );
+    for listener in broker.listeners() {
+        let labels = [("protocol", listener.protocol().to_ascii_lowercase())];
+        open.sample(&labels, listener.open() as f64);
+        accepted.sample(&labels, listener.accepted() as f64);
+        refused.sample(&labels, listener.refused() as f64);
+    }
+    for family in [open, accepted, refused] {
+        out.family(family);
+    }
     out.text
 }
 
@@ -140,15 +162,27 @@ pub(crate) fn render(broker: &Broker) -> String {
 struct Family {
     name: &'static str,
     help: &'static str,
+    /// `gauge` or `counter`.
+    kind: &'static str,
     samples: String,
 }
 
 impl Family {
+    /// A family of gauges.
     fn new(name: &'static str, help: &'static str) -> Family {
         Family {
             name,
             help,
+            kind: "gauge",
             samples: String::new(),
+        }
+    }
+
+    /// A family of counters (values that only grow while the broker runs).
+    fn counter(name: &'static str, help: &'static str) -> Family {
+        Family {
+            kind: "counter",
+            ..Family::new(name, help)
         }
     }
 
@@ -185,11 +219,12 @@ impl Exposition {
         let Family {
             name,
             help,
+            kind,
             samples,
         } = family;
         let _ = write!(
             self.text,
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{samples}"
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{samples}"
         );
     }
 }

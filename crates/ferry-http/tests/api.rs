@@ -233,7 +233,9 @@ async fn overview_topics_and_metrics() {
     assert_eq!(topics[0]["partitions"].as_array().map(Vec::len), Some(2));
     assert_eq!(topics[0]["partitions"][1]["log_end_offset"], 0);
 
-    // /metrics needs no credentials.
+    // /metrics needs no credentials. A registered listener's counts are there (the
+    // counting itself is ferry-core's listener tests).
+    server.broker.listener_stats("Kafka");
     let metrics = server
         .client("nobody", "x")
         .request(Method::GET, "/metrics", None)
@@ -250,6 +252,9 @@ async fn overview_topics_and_metrics() {
         "ferry_alarm{resource=\"disk\"} 0\n",
         "ferry_resident_memory_bytes ",
         "ferry_partition_size_bytes{topic=\"orders\",partition=\"0\"} ",
+        "ferry_connections{protocol=\"kafka\"} 0\n",
+        "# TYPE ferry_connections_accepted_total counter\nferry_connections_accepted_total{protocol=\"kafka\"} 0\n",
+        "ferry_connections_refused_total{protocol=\"kafka\"} 0\n",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }

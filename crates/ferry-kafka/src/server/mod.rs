@@ -159,7 +159,7 @@ pub async fn serve(
     let grace = Duration::from_millis(shared.config.shutdown_grace_ms);
     ferry_core::listener::accept_until_shutdown(
         listener,
-        "Kafka",
+        shared.broker.listener_stats("Kafka"),
         shared.config.max_connections,
         grace,
         shutdown,
